@@ -1,0 +1,17 @@
+"""Rule correct_illumination: top-hat correction of a plate into its OME-Zarr store."""
+
+from brightseg.pipeline import correct_plate, log_to
+
+with log_to(snakemake.log[0]):
+    correct_plate(
+        snakemake.params.images,
+        snakemake.output.store,
+        snakemake.output.skipped,
+        plate=snakemake.wildcards.plate,
+        regex=snakemake.params.regex,
+        modality=snakemake.params.modality,
+        pixel_size_um=float(snakemake.params.pixel_size_um),
+        illumination=dict(snakemake.params.illumination),
+        chunk=int(snakemake.params.chunk),
+        on_bad_input=snakemake.params.on_bad_input,
+    )

@@ -1,0 +1,231 @@
+"""The plate sheet: which plates exist, where their images are, how file names map to wells.
+
+The sheet (``config/plates.tsv``) has one row per plate with at least the columns
+``plate``, ``images`` (a directory or a glob), ``modality`` (brightfield|phase),
+``pixel_size_um``, ``annotations`` (path to a CVAT export, may be empty) and
+``use_for_training``.  Image file names map to well / field / timepoint through a
+regular expression with named groups (``row``, ``column`` and optionally ``field``,
+``timepoint``; or ``well`` such as ``B03``).
+
+Everything here runs when Snakemake parses the workflow, so a broken sheet stops the
+run before any job starts, with a message naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import InputError
+from .io import IMAGE_SUFFIXES
+
+REQUIRED_COLUMNS = (
+    "plate",
+    "images",
+    "modality",
+    "pixel_size_um",
+    "annotations",
+    "use_for_training",
+)
+MODALITIES = ("brightfield", "phase")
+_TRUE = {"true", "yes", "1", "y", "t"}
+_FALSE = {"false", "no", "0", "n", "f", ""}
+
+
+def _as_bool(value, path, plate) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE or text == "nan":
+        return False
+    raise InputError(path, f"plate {plate!r}: use_for_training must be true/false, got {value!r}")
+
+
+def read_sheet(path: str | os.PathLike) -> pd.DataFrame:
+    """Read and check the plate sheet (TSV).
+
+    Parameters
+    ----------
+    path : path-like
+        Tab-separated file with the columns in :data:`REQUIRED_COLUMNS`.
+
+    Returns
+    -------
+    DataFrame
+        Indexed by ``plate``; ``pixel_size_um`` float, ``use_for_training`` bool,
+        ``annotations`` a string ('' when absent).
+
+    Raises
+    ------
+    InputError
+        Missing columns, duplicate plate ids, a non-numeric or non-positive pixel size,
+        an unknown modality, an invalid plate id.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "plate sheet does not exist")
+    try:
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment="#")
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(path, f"cannot parse the plate sheet as TSV ({exc})") from None
+    df.columns = [c.strip() for c in df.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(path, f"missing column(s) {missing}; found {list(df.columns)}")
+    if df.empty:
+        raise InputError(path, "the plate sheet has no plates")
+    df = df.apply(lambda col: col.str.strip())
+    bad_ids = [p for p in df["plate"] if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", p)]
+    if bad_ids:
+        raise InputError(
+            path, f"invalid plate id(s) {bad_ids}: use letters, digits, '.' and '-' only"
+        )
+    dup = df["plate"][df["plate"].duplicated()].unique().tolist()
+    if dup:
+        raise InputError(path, f"duplicate plate id(s): {dup}")
+    sizes = pd.to_numeric(df["pixel_size_um"], errors="coerce")
+    bad = df.loc[sizes.isna() | (sizes <= 0), "plate"].tolist()
+    if bad:
+        raise InputError(path, f"plate(s) {bad}: pixel_size_um must be a positive number")
+    df["pixel_size_um"] = sizes.astype(float)
+    bad_mod = df.loc[~df["modality"].isin(MODALITIES), ["plate", "modality"]]
+    if len(bad_mod):
+        rows = ", ".join(f"{p}={m!r}" for p, m in bad_mod.itertuples(index=False))
+        raise InputError(path, f"unknown modality ({rows}); expected one of {MODALITIES}")
+    df["use_for_training"] = [
+        _as_bool(v, path, p) for p, v in zip(df["plate"], df["use_for_training"], strict=True)
+    ]
+    trainers = df.loc[df["use_for_training"] & (df["annotations"] == ""), "plate"].tolist()
+    if trainers:
+        raise InputError(path, f"plate(s) {trainers} have use_for_training but no annotations")
+    return df.set_index("plate", drop=False)
+
+
+def compile_regex(pattern: str) -> re.Pattern:
+    """Compile the file-name regex and check its named groups.
+
+    The pattern must define ``row`` and ``column`` groups, or a ``well`` group such as
+    ``B03``; ``field`` and ``timepoint`` are optional (default 0).
+    """
+    try:
+        rx = re.compile(pattern)
+    except re.error as exc:
+        raise InputError("config:filename_regex", f"invalid regular expression: {exc}") from None
+    groups = set(rx.groupindex)
+    if not ({"row", "column"} <= groups or "well" in groups):
+        raise InputError(
+            "config:filename_regex",
+            f"needs named groups (?P<row>..) and (?P<column>..), or (?P<well>..); has {sorted(groups)}",
+        )
+    return rx
+
+
+def parse_name(stem: str, rx: re.Pattern) -> dict | None:
+    """Map a file stem to row (letter), column (int), field (int), timepoint (int).
+
+    Returns None when the regex does not match.
+    """
+    m = rx.search(stem)
+    if m is None:
+        return None
+    g = m.groupdict()
+    if g.get("row") is not None and g.get("column") is not None:
+        row, col = g["row"], g["column"]
+    else:
+        wm = re.fullmatch(r"([A-Za-z]+)0*(\d+)", g["well"] or "")
+        if wm is None:
+            return None
+        row, col = wm.group(1), wm.group(2)
+    row = row.upper()
+    return {
+        "row": row,
+        "column": int(col),
+        "well": f"{row}{int(col):02d}",
+        "field": int(g.get("field") or 0),
+        "timepoint": int(g.get("timepoint") or 0),
+    }
+
+
+def list_images(spec: str, *, base: str | os.PathLike = ".") -> list[Path]:
+    """List the image files of a plate: ``spec`` is a directory or a glob pattern."""
+    spec_path = Path(base) / spec
+    if any(ch in spec for ch in "*?["):
+        files = [Path(p) for p in glob.glob(str(spec_path))]
+    elif spec_path.is_dir():
+        files = list(spec_path.iterdir())
+    else:
+        return []
+    return sorted(
+        p
+        for p in files
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+def plate_images(
+    plate: str,
+    spec: str,
+    rx: re.Pattern,
+    *,
+    sheet_path: str = "config/plates.tsv",
+    on_bad_input: str = "error",
+) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Build the image table of one plate from its directory or glob.
+
+    Returns
+    -------
+    images : DataFrame
+        Columns image_id (file stem), path, row, column, well, field, timepoint; sorted.
+    skipped : list of (file, reason)
+        Files skipped under ``on_bad_input: skip``.
+
+    Raises
+    ------
+    InputError
+        Missing directory, no images, a regex that matches none of the files, or (unless
+        skipping) a file name the regex does not match, or two images mapping to the same
+        well / field / timepoint.
+    """
+    if not any(ch in spec for ch in "*?[") and not Path(spec).is_dir():
+        raise InputError(spec, f"plate {plate!r}: image directory does not exist ({sheet_path})")
+    files = list_images(spec)
+    if not files:
+        raise InputError(spec, f"plate {plate!r}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    rows, skipped = [], []
+    for f in files:
+        meta = parse_name(f.stem, rx)
+        if meta is None:
+            skipped.append((str(f), "file name does not match filename_regex"))
+            continue
+        rows.append({"image_id": f.stem, "path": str(f), **meta})
+    if not rows:
+        raise InputError(
+            spec,
+            f"plate {plate!r}: filename_regex {rx.pattern!r} matches none of {len(files)} files",
+        )
+    if skipped and on_bad_input != "skip":
+        raise InputError(
+            skipped[0][0],
+            f"plate {plate!r}: file name does not match filename_regex {rx.pattern!r}",
+        )
+    df = pd.DataFrame(rows).sort_values(["row", "column", "field", "timepoint", "image_id"])
+    key = ["row", "column", "field", "timepoint"]
+    dup = df[df.duplicated(key, keep=False)]
+    if len(dup):
+        if on_bad_input != "skip":
+            names = ", ".join(dup["path"].head(4))
+            raise InputError(names, f"plate {plate!r}: images map to the same well/field/timepoint")
+        first = dup.drop_duplicates(key, keep="first")
+        for p in dup.loc[~dup.index.isin(first.index), "path"]:
+            skipped.append((p, "another image maps to the same well/field/timepoint"))
+        df = df.drop_duplicates(key, keep="first")
+    dup_ids = df[df["image_id"].duplicated()]["image_id"].tolist()
+    if dup_ids:
+        raise InputError(spec, f"plate {plate!r}: duplicate image stems {dup_ids[:4]}")
+    return df.reset_index(drop=True), skipped
