@@ -50,6 +50,7 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False):
         tmp.unlink()
     try:
         yield tmp
+        _default_permissions(tmp)
         if is_dir:
             if path.exists():
                 old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -66,6 +67,16 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False):
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _default_permissions(path: Path) -> None:
+    """Give a finished output the permissions a plain ``open()`` would (mkstemp uses 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    if path.is_dir():
+        os.chmod(path, 0o777 & ~umask)
+    elif path.exists():
+        os.chmod(path, 0o666 & ~umask)
 
 
 def write_parquet(df, path: str | os.PathLike, **kwargs) -> None:

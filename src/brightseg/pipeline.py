@@ -95,6 +95,7 @@ def synth_demo_plate(
         n_fields=int(spec.get("n_fields", 1)),
         n_timepoints=int(spec.get("n_timepoints", 1)),
         annotate=True,
+        **({"mean_radius_px": float(spec["mean_radius_px"])} if "mean_radius_px" in spec else {}),
     )
 
 
@@ -211,3 +212,265 @@ def correct_plate(
         metadata={"illumination": dict(illumination, radius_px=radius_px)},
     )
     write_skipped(skip_rows, skipped, stage="correct_illumination", plate=plate)
+
+
+# --- training set ----------------------------------------------------------------------------
+
+
+def _training_pairs(stores: list[str], manifests: list[str]):
+    """Yield the corrected image and annotation mask of every annotated training image."""
+    from .io import read_image
+    from .platestore import open_plate
+
+    for store_path, manifest_path in zip(stores, manifests, strict=True):
+        store = open_plate(store_path)
+        ann = pd.read_parquet(manifest_path)
+        ann_dir = Path(manifest_path).parent
+        in_store = set(store.images["image_id"])
+        for row in ann.sort_values("stem").itertuples(index=False):
+            if row.stem not in in_store:
+                log.warning("%s: %s has annotations but is not in the plate store", store_path, row.stem)
+                continue
+            mask = read_image(ann_dir / f"{row.stem}_mask.png")
+            yield {
+                "image_id": row.stem,
+                "plate": store.plate,
+                "modality": store.modality,
+                "image": store.read(row.stem),
+                "mask": (mask > 0).astype("uint8"),
+            }
+
+
+def build_training_set(
+    stores: list[str], manifests: list[str], out_zarr: str, out_manifest: str, *, training: dict, seed: int
+) -> None:
+    """Rule ``augment``: patches + 21 variants of every annotated training image into zarr."""
+    from .augment import build_training_store
+
+    df = build_training_store(
+        _training_pairs(stores, manifests),
+        out_zarr,
+        out_manifest,
+        patch_size=int(training.get("patch_size", 256)),
+        stride=training.get("stride"),
+        min_foreground=float(training.get("min_foreground", 0.0)),
+        n_variants=int(training.get("n_variants", 21)),
+        seed=seed,
+    )
+    log.info("training store: %d samples from %d source images", len(df), df["source_image"].nunique())
+
+
+def split_training_set(manifest_in: str, manifest_out: str, summary_out: str, *, training: dict, seed: int) -> None:
+    """Rule ``split``: grouped, stratified train/validation split of the training store."""
+    from .split import grouped_split, split_summary
+
+    df = pd.read_parquet(manifest_in)
+    df["split"] = grouped_split(
+        df,
+        group_col="source_image",
+        strata_col="modality",
+        val_fraction=float(training.get("val_fraction", 0.2)),
+        seed=seed,
+    ).to_numpy()
+    from .io import write_parquet
+
+    write_parquet(df, manifest_out)
+    summary = split_summary(df)
+    write_text(summary.to_csv(sep="\t", index=False), summary_out)
+    log.info("split:\n%s", summary.to_string(index=False))
+
+
+def make_gallery_figure(stores: list[str], manifests: list[str], out_png: str, *, seed: int) -> None:
+    """Rule ``gallery``: the augmentation gallery (paper Fig. 2) from the first training image."""
+    from .augment import make_gallery
+
+    first = next(_training_pairs(stores, manifests))
+    make_gallery(first["image"], first["mask"], out_png, seed=seed)
+
+
+# --- training ------------------------------------------------------------------------------
+
+
+def train_run(
+    store: str, manifest: str, history: str, card: str, *, model: str, loss: str, spec: dict, training: dict,
+    seed: int, keras_home: str | None = None,
+) -> None:
+    """Rule ``train``: one (architecture, loss) run with a checkpoint per epoch."""
+    from .models import set_keras_home
+    from .train import train_model
+
+    if keras_home:
+        set_keras_home(keras_home)
+    out_dir = Path(history).parent
+    train_model(
+        store,
+        manifest,
+        out_dir,
+        architecture=spec.get("architecture", model),
+        loss=loss,
+        epochs=int(training.get("epochs", 45)),
+        batch_size=int(training.get("batch_size", 16)),
+        lr=float(training.get("learning_rate", 1e-4)),
+        decay_steps=int(training.get("decay_steps", 9000)),
+        decay_rate=float(training.get("decay_rate", 0.9)),
+        patience=int(training.get("patience", 5)),
+        hard_mining=bool(spec.get("hard_mining", False)),
+        seed=seed,
+        deterministic=bool(training.get("deterministic", True)),
+        precision=str(training.get("precision", "auto")),
+        encoder_weights=str(spec.get("encoder_weights", training.get("encoder_weights", "imagenet"))),
+        steps_per_epoch=training.get("steps_per_epoch"),
+        val_steps=training.get("val_steps"),
+        model_kwargs=spec.get("model_kwargs") or {},
+    )
+    for p in (history, card):
+        if not Path(p).is_file():
+            raise RuntimeError(f"training finished without writing {p}")
+
+
+def _histories(histories: list[str]) -> pd.DataFrame:
+    frames = []
+    for h in histories:
+        run_dir = Path(h).parent
+        df = pd.read_csv(h)
+        df["model"] = run_dir.parent.name
+        df["loss_name"] = run_dir.name
+        df["path"] = [str(run_dir / f"epoch_{int(e):02d}.keras") for e in df["epoch"]]
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def select_ensemble(histories: list[str], out_tsv: str, *, k: int, window: int = 1) -> None:
+    """Rule ``select_checkpoints``: rank all epoch checkpoints, keep the top K."""
+    from .selection import select_checkpoints, write_ensemble_tsv
+
+    df = _histories(histories).rename(columns={"loss": "train_loss"}).rename(columns={"loss_name": "loss"})
+    sel = select_checkpoints(df, k=k, window=window)
+    missing = [p for p in sel["path"] if not Path(p).is_file()]
+    if missing:
+        raise RuntimeError(f"selected checkpoints do not exist: {missing}")
+    write_ensemble_tsv(sel, out_tsv)
+
+
+# --- inference, instances, morphometrics ------------------------------------------------------
+
+
+def predict_plate(store: str, ensemble_tsv: str, out_tsv: str, *, inference: dict) -> None:
+    """Rule ``predict``: every selected checkpoint predicts every image of a plate; votes combined."""
+    from .ensemble import predict_plate_from_paths
+    from .io import write_text
+    from .models import set_precision
+
+    set_precision(str(inference.get("precision", "auto")))
+    summary = predict_plate_from_paths(
+        store,
+        ensemble_tsv,
+        tile=int(inference.get("tile", 256)),
+        overlap=int(inference.get("overlap", 32)),
+        batch_size=int(inference.get("batch_size", 8)),
+        vote=str(inference.get("vote", "mean")),
+        threshold=float(inference.get("threshold", 0.5)),
+        tta=bool(inference.get("tta", False)),
+    )
+    write_text(summary.to_csv(sep="\t", index=False), out_tsv)
+
+
+def split_plate_instances(store: str, predictions: str, out_tsv: str, *, instances: dict, pixel_size_um: float) -> None:
+    """Rule ``split_instances``: watershed of every predicted mask into the ``cells`` label."""
+    from .instances import split_instances
+    from .platestore import open_plate
+    from .progress import progress
+
+    ps = open_plate(store)
+    pred = pd.read_csv(predictions, sep="\t")
+    rows = []
+    use_prob = bool(instances.get("use_prob", False))
+    for image_id in progress(list(pred["image_id"]), desc=f"split_instances {ps.plate}"):
+        mask = ps.read_label(image_id, "mask")
+        prob = ps.read_label(image_id, "prob") if use_prob else None
+        labels = split_instances(
+            mask,
+            pixel_size_um=pixel_size_um,
+            h_um=instances.get("h_um"),
+            min_area_um2=float(instances.get("min_area_um2", 20.0)),
+            max_area_um2=instances.get("max_area_um2"),
+            prob=None if prob is None else prob.astype("float32") / 255.0,
+            fill_holes=bool(instances.get("fill_holes", True)),
+            remove_border=bool(instances.get("remove_border", False)),
+        )
+        ps.write_label(image_id, "cells", labels)
+        rows.append({"image_id": image_id, "n_cells": int(labels.max())})
+    write_text(pd.DataFrame(rows).to_csv(sep="\t", index=False), out_tsv)
+
+
+def measure_plate(
+    store: str,
+    instances_tsv: str,
+    cells_out: str,
+    images_out: str,
+    overlay_dir: str,
+    *,
+    n_overlays: int = 4,
+    export: dict | None = None,
+) -> None:
+    """Rule ``measure_cells``: per-cell morphometrics and per-image summaries of a plate."""
+    from .io import write_png
+    from .morphometry import CellTableWriter, contour_overlay, measure_cells, summarise_image, write_image_table
+    from .platestore import open_plate
+    from .progress import progress
+
+    ps = open_plate(store)
+    ids = list(pd.read_csv(instances_tsv, sep="\t")["image_id"])
+    meta_by_id = ps.images.set_index("image_id")
+    summaries = []
+    overlay_dir_p = Path(overlay_dir)
+    export = export or {}
+    with atomic_dir(overlay_dir_p) as tmp_overlays, CellTableWriter(cells_out) as writer:
+        for i, image_id in enumerate(progress(ids, desc=f"measure_cells {ps.plate}")):
+            labels = ps.read_label(image_id, "cells")
+            image = ps.read(image_id)
+            m = meta_by_id.loc[image_id]
+            meta = {
+                "plate": ps.plate,
+                "image_id": image_id,
+                "well": f"{m['row']}{int(m['column']):02d}",
+                "row": str(m["row"]),
+                "column": int(m["column"]),
+                "field": int(m["field"]),
+                "timepoint": int(m["timepoint"]),
+            }
+            cells = measure_cells(labels, image, pixel_size_um=ps.pixel_size_um, meta=meta)
+            writer.write(cells)
+            summaries.append(summarise_image(cells, labels, pixel_size_um=ps.pixel_size_um, meta=meta))
+            if i < n_overlays:
+                write_png(contour_overlay(image, labels), Path(tmp_overlays) / f"{image_id}.png")
+            if export.get("cellpose") or export.get("imagej_rois"):
+                _export_labels(labels, Path(cells_out).parent / "exports", image_id, export)
+    write_image_table(summaries, images_out)
+
+
+def _export_labels(labels, out_dir: Path, image_id: str, export: dict) -> None:
+    from .instances import write_cellpose_masks, write_imagej_rois
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if export.get("cellpose"):
+        write_cellpose_masks(labels, out_dir / f"{image_id}_masks.tif")
+    if export.get("imagej_rois"):
+        write_imagej_rois(labels, out_dir / f"{image_id}_rois.zip")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path):
+    """A directory output built under a temporary name and renamed into place."""
+    from .io import atomic_path
+
+    with atomic_path(path, is_dir=True) as tmp:
+        Path(tmp).mkdir(parents=True)
+        yield tmp
+
+
+def aggregate(paths: list[str], out: str) -> None:
+    """Rule ``aggregate_tables``: per-plate image summaries into one table."""
+    from .morphometry import aggregate_tables
+
+    aggregate_tables(paths, out)

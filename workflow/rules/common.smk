@@ -36,6 +36,8 @@ TRAINING = [p for p in PLATE_IDS if PLATES.loc[p, "use_for_training"]]
 
 wildcard_constraints:
     plate=r"[A-Za-z0-9][A-Za-z0-9.-]*",
+    model=r"[A-Za-z0-9_.-]+",
+    loss=r"[A-Za-z0-9_.-]+",
 
 
 def plate_images_input(wildcards):
@@ -54,8 +56,36 @@ def plate_param(name):
     return lambda wildcards: PLATES.loc[wildcards.plate, name]
 
 
+def _model_runs():
+    """One row per training job: (model, loss) with the rest of its spec."""
+    rows = []
+    for spec in config.get("models", []):
+        name = spec.get("name", spec["architecture"])
+        rows.append(dict(spec, model=name, loss=spec["loss"]))
+    runs = pd.DataFrame(rows, columns=["model", "loss", "architecture"])
+    if runs.duplicated(["model", "loss"]).any():
+        raise WorkflowError("config models: each (name, loss) pair must be unique")
+    return runs, {(r["model"], r["loss"]): r for r in rows}
+
+
+MODEL_RUNS, MODEL_SPECS = _model_runs()
+
+if TRAINING == [] and len(MODEL_RUNS):
+    raise WorkflowError(
+        f"{config['plates']}: no plate has use_for_training, but config lists models to train"
+    )
+
+
+def model_spec(wildcards):
+    return MODEL_SPECS[(wildcards.model, wildcards.loss)]
+
+
 def all_targets():
     targets = expand("results/plates/{plate}.ome.zarr", plate=PLATE_IDS)
     targets += expand("results/annotations/{plate}/manifest.parquet", plate=ANNOTATED)
     targets.append("results/qc/skipped.tsv")
+    if len(MODEL_RUNS):
+        targets += ["results/models/ensemble.tsv", "results/training/gallery.png"]
+        targets += expand("results/tables/{plate}/cells.parquet", plate=PLATE_IDS)
+        targets.append("results/tables/images.parquet")
     return targets

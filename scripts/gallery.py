@@ -1,0 +1,11 @@
+"""Rule gallery: the augmentation gallery figure."""
+
+from brightseg.pipeline import log_to, make_gallery_figure
+
+with log_to(snakemake.log[0]):
+    make_gallery_figure(
+        list(snakemake.input.stores),
+        list(snakemake.input.manifests),
+        snakemake.output[0],
+        seed=int(snakemake.params.seed),
+    )

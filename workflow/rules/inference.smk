@@ -1,0 +1,81 @@
+# Ensemble inference per plate, watershed instance splitting, per-cell morphometrics.
+
+
+rule predict:
+    input:
+        store="results/plates/{plate}.ome.zarr",
+        ensemble="results/models/ensemble.tsv",
+    output:
+        "results/predictions/{plate}.tsv",
+    log:
+        "logs/predict/{plate}.log",
+    benchmark:
+        "benchmarks/predict/{plate}.tsv"
+    conda:
+        "../../envs/tensorflow.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=4 * 60,
+    params:
+        inference=config["inference"],
+    script:
+        "../../scripts/predict.py"
+
+
+rule split_instances:
+    input:
+        store="results/plates/{plate}.ome.zarr",
+        predictions="results/predictions/{plate}.tsv",
+    output:
+        "results/instances/{plate}.tsv",
+    log:
+        "logs/split_instances/{plate}.log",
+    benchmark:
+        "benchmarks/split_instances/{plate}.tsv"
+    conda:
+        "../../envs/imaging.yaml"
+    params:
+        instances=config["instances"],
+        pixel_size_um=plate_param("pixel_size_um"),
+    script:
+        "../../scripts/split_instances.py"
+
+
+rule measure_cells:
+    input:
+        store="results/plates/{plate}.ome.zarr",
+        instances="results/instances/{plate}.tsv",
+    output:
+        cells="results/tables/{plate}/cells.parquet",
+        images="results/tables/{plate}/images.parquet",
+        overlays=directory("results/qc/overlays/{plate}"),
+    log:
+        "logs/measure_cells/{plate}.log",
+    benchmark:
+        "benchmarks/measure_cells/{plate}.tsv"
+    conda:
+        "../../envs/imaging.yaml"
+    params:
+        n_overlays=config["morphometry"].get("n_overlays", 4),
+        export=config["morphometry"].get("export", {}),
+    script:
+        "../../scripts/measure_cells.py"
+
+
+rule aggregate_tables:
+    input:
+        expand("results/tables/{plate}/images.parquet", plate=PLATE_IDS),
+    output:
+        report(
+            "results/tables/images.parquet",
+            caption="../report/images.rst",
+            category="Morphometrics",
+        ),
+    log:
+        "logs/aggregate_tables.log",
+    conda:
+        "../../envs/imaging.yaml"
+    script:
+        "../../scripts/aggregate_tables.py"
