@@ -1,0 +1,439 @@
+"""Figures and tables of the paper, reproducible to the byte.
+
+Every figure is built by a function that takes a table (a pandas DataFrame)
+and returns a :class:`matplotlib.figure.Figure` (no pyplot, so no global
+state and no display backend is needed; rendering uses Agg).
+:func:`save_figure` writes ``<stem>.png``, ``<stem>.svg`` and
+``<stem>.parquet`` (the plotted data) atomically and without timestamps or
+version strings, with a fixed SVG hash salt and the DejaVu Sans font shipped
+with matplotlib, so a rerun writes identical bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: rcParams applied while building and while saving every figure.
+STYLE: dict[str, Any] = {
+    "font.family": "sans-serif",
+    "font.sans-serif": ["DejaVu Sans"],
+    "mathtext.fontset": "dejavusans",
+    "font.size": 8,
+    "axes.titlesize": 9,
+    "axes.labelsize": 8,
+    "legend.fontsize": 7,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "svg.hashsalt": "brightseg",
+    "svg.fonttype": "none",
+    "svg.image_inline": True,
+    "image.interpolation": "nearest",
+    "savefig.dpi": 150,
+    "figure.dpi": 100,
+}
+
+#: Overlay colours (Okabe-Ito, colour-blind safe): true positive, false
+#: negative, false positive pixels.
+OVERLAY_COLOURS = {
+    "tp": (0, 158, 115),  # bluish green
+    "fn": (0, 114, 178),  # blue
+    "fp": (213, 94, 0),  # vermillion
+}
+
+PNG_METADATA = {"Software": None}
+SVG_METADATA = {"Date": None, "Creator": None}
+
+
+def _styled(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Build the figure under :data:`STYLE`."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context(STYLE):
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _require(df, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what}: table lacks columns {missing}; has {list(df.columns)}")
+
+
+def _colours(n: int) -> list:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+# --------------------------------------------------------------------------
+# saving
+# --------------------------------------------------------------------------
+def save_figure(fig, data, out_stem: str | os.PathLike) -> list[Path]:
+    """Write ``<stem>.png``, ``<stem>.svg`` and ``<stem>.parquet`` reproducibly.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        The figure.
+    data : pandas.DataFrame
+        The plotted data (written without index).
+    out_stem : path-like
+        Output path without suffix.
+
+    Returns
+    -------
+    list of Path
+        The three files written.
+    """
+    import matplotlib
+
+    from .io import atomic_path, write_parquet
+
+    stem = Path(out_stem)
+    paths = [Path(f"{stem}.parquet"), Path(f"{stem}.svg"), Path(f"{stem}.png")]
+    write_parquet(data.reset_index(drop=True), paths[0])
+    with matplotlib.rc_context(STYLE):
+        with atomic_path(paths[1]) as tmp:
+            fig.savefig(tmp, format="svg", metadata=SVG_METADATA)
+        with atomic_path(paths[2]) as tmp:
+            fig.savefig(tmp, format="png", metadata=PNG_METADATA)
+    log.info("wrote %s.{png,svg,parquet}", stem)
+    return paths
+
+
+# --------------------------------------------------------------------------
+# figures
+# --------------------------------------------------------------------------
+@_styled
+def training_curves(
+    history,
+    *,
+    metric: str = "val_f1",
+    group: Sequence[str] = ("model", "loss_fn"),
+    x: str = "epoch",
+):
+    """Validation score and losses per epoch for every model (paper Fig. 4).
+
+    Parameters
+    ----------
+    history : pandas.DataFrame
+        Keras histories stacked: ``epoch``, ``loss``, ``val_loss``, ``metric``
+        and the identifying columns ``group`` (those present are used; the
+        name of the loss *function* must not be ``loss``, which is the
+        training loss value: use ``loss_fn``).
+    metric : str
+        Score plotted in the left panel (e.g. ``val_f1``).
+    """
+    group = [g for g in group if g in history.columns]
+    _require(history, [x, metric, "loss", "val_loss"], "training_curves")
+    if not group:
+        raise ValueError("training_curves: no identifying column (e.g. 'model') in the table")
+    fig = _figure(7.5, 3.0)
+    ax_m, ax_l = fig.subplots(1, 2)
+    keys = sorted(history.groupby(group, sort=True).groups)
+    for colour, key in zip(_colours(len(keys)), keys, strict=True):
+        key = key if isinstance(key, tuple) else (key,)
+        sel = np.ones(len(history), dtype=bool)
+        for col, val in zip(group, key, strict=True):
+            sel &= (history[col] == val).to_numpy()
+        h = history[sel].sort_values(x)
+        label = " / ".join(map(str, key))
+        ax_m.plot(h[x], h[metric], color=colour, label=label, lw=1.2)
+        ax_l.plot(h[x], h["loss"], color=colour, lw=1.2, label=f"{label} (train)")
+        ax_l.plot(h[x], h["val_loss"], color=colour, lw=1.2, ls="--", label=f"{label} (val)")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax_m, ax_l):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_m.set(xlabel=x, ylabel=metric, title=f"Validation {metric.removeprefix('val_')}")
+    ax_l.set(xlabel=x, ylabel="loss", title="Loss (solid: train, dashed: validation)")
+    ax_m.legend(loc="lower right", frameon=False)
+    return fig
+
+
+@_styled
+def backbone_comparison(
+    table,
+    *,
+    value: str = "f1",
+    label: str = "model",
+    hue: str | None = "loss_fn",
+    error: str | None = None,
+):
+    """Bars of a score per backbone (paper Table 1), grouped by ``hue`` if present.
+
+    ``error`` names a column of error-bar half-lengths (default
+    ``<value>_std`` when present).
+    """
+    _require(table, [label, value], "backbone_comparison")
+    if hue is not None and hue not in table.columns:
+        hue = None
+    if error is None and f"{value}_std" in table.columns:
+        error = f"{value}_std"
+    labels = sorted(table[label].astype(str).unique())
+    hues = sorted(table[hue].astype(str).unique()) if hue else [None]
+    fig = _figure(max(4.0, 0.6 * len(labels) * len(hues) + 1.5), 3.0)
+    ax = fig.subplots()
+    width = 0.8 / len(hues)
+    for j, (colour, h) in enumerate(zip(_colours(len(hues)), hues, strict=True)):
+        sub = table if h is None else table[table[hue].astype(str) == h]
+        sub = sub.assign(_key=sub[label].astype(str)).set_index("_key")
+        xs, ys, es = [], [], []
+        for i, lab in enumerate(labels):
+            if lab in sub.index:
+                xs.append(i - 0.4 + width * (j + 0.5))
+                ys.append(float(sub.loc[lab, value]))
+                es.append(float(sub.loc[lab, error]) if error else 0.0)
+        bars = ax.bar(xs, ys, width=width * 0.95, color=colour, label=h, yerr=es if error else None)
+        ax.bar_label(bars, fmt="%.3f", fontsize=6, padding=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    ax.set(ylabel=value, title=f"{value} per backbone")
+    if hue:
+        ax.legend(title=hue, frameon=False)
+    return fig
+
+
+@_styled
+def livecell_groups(per_image, *, value: str = "f1", by: str = "cell_line", seed: int = 0):
+    """Box plot with the individual images as points, per cell line (LIVECell)."""
+    _require(per_image, [by, value], "livecell_groups")
+    groups = sorted(per_image[by].astype(str).unique())
+    data = [per_image.loc[per_image[by].astype(str) == g, value].to_numpy(float) for g in groups]
+    fig = _figure(max(4.0, 0.55 * len(groups) + 1.5), 3.2)
+    ax = fig.subplots()
+    ax.boxplot(data, tick_labels=groups, showfliers=False, widths=0.6)
+    rng = np.random.default_rng(seed)
+    for i, (colour, d) in enumerate(zip(_colours(len(groups)), data, strict=True), start=1):
+        jitter = rng.uniform(-0.18, 0.18, size=len(d))
+        ax.scatter(i + jitter, d, s=3, color=colour, alpha=0.5, linewidths=0, rasterized=False)
+    ax.set(ylabel=value, title=f"{value} per {by.replace('_', ' ')}")
+    ax.tick_params(axis="x", rotation=30)
+    return fig
+
+
+@_styled
+def ensemble_ablation(
+    table,
+    *,
+    metrics: Sequence[str] = ("f1", "precision", "recall", "accuracy"),
+    ensemble: str = "ensemble",
+):
+    """Mean metrics of every single model next to the ensemble (section 4.3).
+
+    ``table`` is :func:`brightseg.metrics.ablation_table` output (``model``
+    and the metric columns); rows keep their order.
+    """
+    _require(table, ["model", *metrics], "ensemble_ablation")
+    models = [str(m) for m in table["model"]]
+    fig = _figure(max(4.5, 0.35 * len(models) * len(metrics) + 1.5), 3.0)
+    ax = fig.subplots()
+    width = 0.8 / len(models)
+    colours = _colours(len(models))
+    for j, (colour, model) in enumerate(zip(colours, models, strict=True)):
+        row = table.iloc[j]
+        xs = [i - 0.4 + width * (j + 0.5) for i in range(len(metrics))]
+        ys = [float(row[m]) for m in metrics]
+        is_ens = model == ensemble
+        ax.bar(
+            xs,
+            ys,
+            width=width * 0.95,
+            color="black" if is_ens else colour,
+            label=model,
+            hatch="//" if is_ens else None,
+            edgecolor="white" if is_ens else None,
+        )
+    lo = float(np.nanmin(table[list(metrics)].to_numpy(float)))
+    ax.set_ylim(max(0.0, math.floor((lo - 0.05) * 20) / 20), 1.0)
+    ax.set_xticks(range(len(metrics)), list(metrics))
+    ax.set(ylabel="mean over images", title="Single models and the ensemble")
+    ax.legend(frameon=False, fontsize=6, ncols=2)
+    return fig
+
+
+def overlay_rgb(
+    image: np.ndarray, pred_mask: np.ndarray, true_mask: np.ndarray, *, alpha: float = 0.5
+) -> np.ndarray:
+    """RGB uint8 overlay: TP, FN and FP pixels tinted (:data:`OVERLAY_COLOURS`).
+
+    ``image`` (any numeric 2-D array) is min-max scaled to grey; pixels that
+    are true positive, false negative and false positive are blended with
+    their colour at ``alpha``; true negatives stay grey.
+    """
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim != 2:
+        raise ValueError(f"expected a 2-D image, got shape {img.shape}")
+    p = np.asarray(pred_mask) != 0
+    t = np.asarray(true_mask) != 0
+    if p.shape != img.shape or t.shape != img.shape:
+        raise ValueError(f"mask shapes {p.shape}, {t.shape} differ from image {img.shape}")
+    lo, hi = float(img.min()), float(img.max())
+    grey = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+    rgb = np.repeat(grey[..., None] * 255.0, 3, axis=2)
+    for key, sel in (("tp", p & t), ("fn", ~p & t), ("fp", p & ~t)):
+        colour = np.asarray(OVERLAY_COLOURS[key], dtype=np.float64)
+        rgb[sel] = (1 - alpha) * rgb[sel] + alpha * colour
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+
+
+def overlay_counts(pred_mask: np.ndarray, true_mask: np.ndarray):
+    """Pixel counts per overlay class (the data of :func:`overlay_panel`)."""
+    import pandas as pd
+
+    p = np.asarray(pred_mask) != 0
+    t = np.asarray(true_mask) != 0
+    counts = {
+        "tp": int(np.sum(p & t)),
+        "fn": int(np.sum(~p & t)),
+        "fp": int(np.sum(p & ~t)),
+        "tn": int(np.sum(~p & ~t)),
+    }
+    return pd.DataFrame({"class": list(counts), "pixels": list(counts.values())})
+
+
+@_styled
+def overlay_panel(
+    image: np.ndarray, pred_mask: np.ndarray, true_mask: np.ndarray, *, title: str | None = None
+):
+    """Image and TP/FN/FP overlay side by side (paper Fig. 5)."""
+    from matplotlib.patches import Patch
+
+    rgb = overlay_rgb(image, pred_mask, true_mask)
+    h, w = rgb.shape[:2]
+    fig = _figure(7.0, 7.0 * h / (2 * w) + 0.6)
+    ax_i, ax_o = fig.subplots(1, 2)
+    ax_i.imshow(np.asarray(image), cmap="gray")
+    ax_i.set_title("image")
+    ax_o.imshow(rgb)
+    ax_o.set_title(title or "overlay")
+    names = {"tp": "true positive", "fn": "false negative", "fp": "false positive"}
+    handles = [Patch(color=np.asarray(c) / 255, label=names[k]) for k, c in OVERLAY_COLOURS.items()]
+    ax_o.legend(handles=handles, loc="lower right", frameon=True, fontsize=6)
+    for ax in (ax_i, ax_o):
+        ax.set_axis_off()
+    return fig
+
+
+@_styled
+def morphometry_distributions(
+    cells,
+    *,
+    features: Sequence[str] = ("area", "circularity"),
+    by: str | None = None,
+    max_groups: int = 60,
+):
+    """Distributions of cell features per plate (or per well within one plate).
+
+    ``by`` defaults to ``plate`` when the table has several plates, else
+    ``well``.  At most ``max_groups`` groups (the first in sorted order) are
+    drawn.
+    """
+    _require(cells, list(features), "morphometry_distributions")
+    if by is None:
+        by = "plate" if "plate" in cells.columns and cells["plate"].nunique() > 1 else "well"
+    _require(cells, [by], "morphometry_distributions")
+    groups = sorted(cells[by].astype(str).unique())
+    if len(groups) > max_groups:
+        log.warning("morphometry_distributions: drawing %d of %d groups", max_groups, len(groups))
+        groups = groups[:max_groups]
+    fig = _figure(max(4.0, 0.3 * len(groups) + 1.5), 2.4 * len(features))
+    axes = np.atleast_1d(fig.subplots(len(features), 1, sharex=True))
+    keys = cells[by].astype(str)
+    for ax, feat in zip(axes, features, strict=True):
+        data = [cells.loc[keys == g, feat].dropna().to_numpy(float) for g in groups]
+        ax.boxplot(data, tick_labels=groups, showfliers=False, widths=0.6)
+        ax.set(ylabel=feat)
+    axes[0].set_title(f"Cell morphometry per {by}")
+    axes[-1].tick_params(axis="x", rotation=90)
+    return fig
+
+
+# --------------------------------------------------------------------------
+# tables
+# --------------------------------------------------------------------------
+def _format_cell(value: Any, floatfmt: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value))
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        v = float(value)
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return format(v, floatfmt)
+    return str(value)
+
+
+def table_to_markdown(df, *, floatfmt: str = ".4f") -> str:
+    """GitHub Markdown table of a DataFrame (no index), deterministic formatting."""
+    cols = [str(c) for c in df.columns]
+    numeric = [df[c].dtype.kind in "iuf" for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |"]
+    lines.append("|" + "|".join("---:" if n else "---" for n in numeric) + "|")
+    for row in df.itertuples(index=False):
+        cells = [_format_cell(v, floatfmt).replace("|", "\\|") for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _latex_escape(text: str) -> str:
+    out = []
+    for ch in text:
+        out.append(
+            {
+                "\\": r"\textbackslash{}",
+                "&": r"\&",
+                "%": r"\%",
+                "$": r"\$",
+                "#": r"\#",
+                "_": r"\_",
+                "{": r"\{",
+                "}": r"\}",
+                "~": r"\textasciitilde{}",
+                "^": r"\textasciicircum{}",
+            }.get(ch, ch)
+        )
+    return "".join(out)
+
+
+def table_to_latex(df, *, floatfmt: str = ".4f", caption: str | None = None) -> str:
+    """LaTeX booktabs ``tabular`` of a DataFrame (no index, no jinja2 needed)."""
+    numeric = [df[c].dtype.kind in "iuf" for c in df.columns]
+    spec = "".join("r" if n else "l" for n in numeric)
+    lines = [f"\\begin{{tabular}}{{{spec}}}", r"\toprule"]
+    lines.append(" & ".join(_latex_escape(str(c)) for c in df.columns) + r" \\")
+    lines.append(r"\midrule")
+    for row in df.itertuples(index=False):
+        lines.append(" & ".join(_latex_escape(_format_cell(v, floatfmt)) for v in row) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if caption:
+        lines = [r"\begin{table}", r"\centering", f"\\caption{{{_latex_escape(caption)}}}"] + lines
+        lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
