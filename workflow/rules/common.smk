@@ -76,6 +76,44 @@ if TRAINING == [] and len(MODEL_RUNS):
     )
 
 
+LIVECELL = config.get("livecell", {}) or {}
+LIVECELL_ON = bool(LIVECELL.get("enabled", False))
+FIGURES = ["training_curves", "ensemble_ablation", "backbone_comparison", "morphometry"]
+if LIVECELL_ON:
+    FIGURES.append("livecell_groups")
+
+
+def livecell_inputs(wildcards):
+    """The synthetic fixture's directory (demo), or the real annotation files."""
+    if LIVECELL.get("synth", False):
+        return ["results/demo/livecell"]
+    return list(LIVECELL.get("annotations", []))
+
+
+def stats_input():
+    if config["stats"].get("input", "evaluation") == "livecell" and LIVECELL_ON:
+        return "results/tables/livecell/per_image.parquet"
+    return "results/tables/evaluation.parquet"
+
+
+def figure_inputs(wildcards):
+    inputs = {
+        "histories": expand(
+            "results/models/{run.model}/{run.loss}/history.csv",
+            run=MODEL_RUNS.itertuples(),
+        ),
+        "cards": expand(
+            "results/models/{run.model}/{run.loss}/card.json",
+            run=MODEL_RUNS.itertuples(),
+        ),
+        "ablation": "results/tables/ablation.parquet",
+        "cells": expand("results/tables/{plate}/cells.parquet", plate=PLATE_IDS),
+    }
+    if LIVECELL_ON:
+        inputs["livecell"] = "results/tables/livecell/per_image.parquet"
+    return inputs
+
+
 def model_spec(wildcards):
     return MODEL_SPECS[(wildcards.model, wildcards.loss)]
 
@@ -88,4 +126,8 @@ def all_targets():
         targets += ["results/models/ensemble.tsv", "results/training/gallery.png"]
         targets += expand("results/tables/{plate}/cells.parquet", plate=PLATE_IDS)
         targets.append("results/tables/images.parquet")
+        targets += ["results/tables/evaluation.parquet", "results/tables/stats.json"]
+        targets += expand("results/figures/{name}.png", name=FIGURES)
+        if LIVECELL_ON:
+            targets.append("results/tables/livecell/ap.md")
     return targets

@@ -1,0 +1,16 @@
+"""Rule livecell_predict: the ensemble on every LIVECell image; metrics and COCO AP."""
+
+from brightseg.evaluate import livecell_predict
+from brightseg.pipeline import log_to
+
+with log_to(snakemake.log[0]):
+    livecell_predict(
+        snakemake.input.ensemble,
+        snakemake.input.index,
+        snakemake.output.per_image,
+        snakemake.output.ap,
+        inference=dict(snakemake.params.inference),
+        instances=dict(snakemake.params.instances),
+        illumination=dict(snakemake.params.illumination),
+        pixel_size_um=float(snakemake.params.pixel_size_um),
+    )

@@ -1,0 +1,1274 @@
+"""Ensemble inference: tiled, blended, voted U-Net predictions for a whole plate.
+
+One ``predict`` job handles one plate.  Every checkpoint listed in
+``results/models/ensemble.tsv`` is loaded once per job and wrapped in a
+compiled :func:`tf.function` with a fixed batch shape (:func:`make_predictor`).
+Images are cut into square tiles of the models' input size that overlap by
+``overlap`` pixels (:func:`tile_grid`); each tile's prediction is weighted by a
+separable raised-cosine window with a small floor (:func:`blend_window`) and
+the weighted sum is normalised by the accumulated weight, so tile borders leave
+no seams.  Images smaller than a tile are padded by reflection.  The per-model
+probability maps are then combined by :func:`vote`:
+
+``"mean"``
+    mean probability, then ``mean > threshold`` (the paper's "mean and
+    thresholding").
+``"majority"``
+    fraction of models whose probability is ``> 0.5``, then
+    ``fraction > threshold`` (strictly: with two models both must agree).
+
+Optional test-time augmentation (``tta=True``) runs the 8 dihedral transforms
+(rotations by 90 degrees and their mirror images) of every tile and averages
+the exactly inverted outputs per model before voting.
+
+Pipeline
+--------
+``predict_plate`` streams a plate through five threads connected by bounded
+queues, so reading, tiling, blending, voting and writing hide behind the model
+forward passes:
+
+reader
+    loads the next image (prefetch: at most ``prefetch + 1`` input images are
+    held at once);
+producer
+    cuts tiles (and their TTA copies) into full batches; the tile queue runs
+    across images, so only the very last batch of the plate is padded;
+main thread
+    calls the predictors on each batch (nothing else);
+accumulator
+    blends tile outputs into row-band accumulators, normalises and votes each
+    finished band of rows;
+writer
+    writes ``prob`` and ``mask`` into the plate store.
+
+Accumulators hold one band of ``tile`` rows, not the whole image: when the
+first tile of a new tile row arrives, every row above it is final and is
+flushed.  Images above ``max_image_pixels`` are also *read* band by band from
+the zarr array instead of whole.
+
+Outputs
+-------
+Per image, two labels are written to the plate store: ``prob``, the mean
+ensemble probability stored as ``uint8`` (``round(255 * p)``; 1/255 resolution
+is ample for QC overlays and re-thresholding, and is half the size of
+``float16``), and ``mask``, ``uint8`` 0/1 from the chosen vote (computed from
+the float probabilities, not from the rounded ``prob``).  ``mask`` is written
+last, so ``store.has_label(image_id, "mask")`` means the image is complete: a
+rerun skips such images and redoes a partially written one.
+
+Memory
+------
+For a plate of 2048 x 1536 images (3.15 MPx), ``M`` models, batch ``B`` and
+tile ``t`` = 256, the pipeline holds, independently of the number of images:
+
+- inputs: 2 float32 images (current + prefetched) = 2 x 12.6 MB = 25 MB,
+  plus the reader's transient uint16 decode (6.3 MB);
+- batches: at most 4 input batches (2 queued, 1 filling, 1 in the model) of
+  ``B x t x t x 3 x 4`` bytes = 6.3 MB each for B = 8, i.e. 25 MB, and 3 output
+  batches of ``M x B x t x t x 4`` bytes = 2.1 MB per model each (13 MB for
+  M = 2, 25 MB for M = 4);
+- accumulators: ``(M + 1) x t x 1536 x 4`` bytes = 4.7 MB (M = 2) to 7.9 MB
+  (M = 4), plus the same again for the band being normalised;
+- outputs: ``prob`` + ``mask`` = 2 bytes/px = 6.3 MB per image, at most 3
+  images (accumulating, queued, writing) = 19 MB.
+
+That is about 100 MB (M = 2) to 120 MB (M = 4) for the whole 100-image plate
+(or a 1,000-image one) on top of the TensorFlow runtime, the weights and the
+model's activations for one batch (for a U-Net, hundreds of MB at B = 8), which
+dominate.  Measured with ``resource.getrusage`` (``ru_maxrss``) in fresh
+processes (2 CPU cores, two ``small_unet`` models, B = 8, 2048 x 1536 images in
+a zarr store): the peak RSS after tracing and one forward pass of each model
+was 965-980 MB; predicting 2 images raised it by 138 MB to 1103 MB, predicting
+6 images by 134 MB to 1114 MB (the estimate above plus TensorFlow's copies of
+the batches and zarr codec buffers) -- flat in the number of images, as the
+structure guarantees (unit-tested: one live accumulator of one band, at most
+two input images alive, a bounded number of images in flight).  A 100-image
+plate therefore peaks at about 1.1 GB with these models.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+from .progress import progress
+
+log = logging.getLogger(__name__)
+
+Predictor = Callable[[np.ndarray], Any]
+"""``f(batch float32 (B, t, t, 3)) -> array-like (B, t, t, 1)`` probabilities."""
+
+PROB_LABEL = "prob"
+MASK_LABEL = "mask"
+VOTES = ("mean", "majority")
+WINDOW_FLOOR = 1e-3
+SUMMARY_COLUMNS = [
+    "image_id",
+    "n_models",
+    "vote",
+    "threshold",
+    "tta",
+    "foreground_fraction",
+    "skipped",
+]
+
+
+# --------------------------------------------------------------------------- tiling
+
+
+def _axis_positions(n: int, tile: int, overlap: int) -> list[int]:
+    """Tile starts along one axis: evenly spaced, first at 0, last at ``n - tile``."""
+    if n <= tile:
+        return [0]
+    stride = tile - overlap
+    count = -(-(n - tile) // stride) + 1  # ceil((n - tile) / stride) + 1
+    return [int(p) for p in np.round(np.linspace(0, n - tile, count)).astype(int)]
+
+
+def _check_tiling(tile: int, overlap: int) -> None:
+    if int(tile) != tile or tile < 1:
+        raise InputError("tile", f"tile size must be a positive integer, got {tile!r}")
+    if int(overlap) != overlap or not 0 <= overlap < tile:
+        raise InputError(
+            "overlap", f"overlap must be an integer in [0, tile={tile}), got {overlap!r}"
+        )
+
+
+def tile_grid(h: int, w: int, tile: int = 256, overlap: int = 32) -> list[tuple[int, int]]:
+    """Top-left corners of the tiles covering an ``h x w`` image.
+
+    Parameters
+    ----------
+    h, w : int
+        Image height and width (any size >= 1).
+    tile : int
+        Square tile size.
+    overlap : int
+        Minimum overlap between neighbouring tiles, ``0 <= overlap < tile``.
+
+    Returns
+    -------
+    list of (int, int)
+        ``(y, x)`` corners in row-major order.  Along each axis the tiles are
+        evenly spaced from 0 to ``n - tile`` with a stride of at most
+        ``tile - overlap``, so every pixel is covered and every tile lies inside
+        the image.  An axis shorter than ``tile`` has the single start 0 (the
+        image is padded by reflection to the tile size).
+    """
+    _check_tiling(tile, overlap)
+    if h < 1 or w < 1:
+        raise ValueError(f"image must have at least one pixel, got {h} x {w}")
+    ys = _axis_positions(int(h), int(tile), int(overlap))
+    xs = _axis_positions(int(w), int(tile), int(overlap))
+    return [(y, x) for y in ys for x in xs]
+
+
+def blend_window(tile: int = 256, overlap: int = 32, floor: float = WINDOW_FLOOR) -> np.ndarray:
+    """Separable raised-cosine blending weights for one tile.
+
+    The 1-D profile is 1 in the middle and ramps as ``sin^2`` over ``overlap``
+    pixels at both ends, sampled at pixel centres, so the ramps of two tiles
+    that overlap by exactly ``overlap`` pixels sum to one; ``floor`` keeps every
+    weight positive (pixels seen by one tile only are still normalised
+    exactly).
+
+    Parameters
+    ----------
+    tile : int
+        Tile size.
+    overlap : int
+        Ramp width in pixels; 0 gives uniform weights.
+    floor : float
+        Minimum weight.
+
+    Returns
+    -------
+    ndarray of float32, shape (tile, tile)
+    """
+    _check_tiling(tile, overlap)
+    ramp = np.ones(tile, dtype=np.float64)
+    if overlap > 0:
+        i = np.arange(tile, dtype=np.float64)
+        up = np.sin(0.5 * np.pi * np.minimum((i + 0.5) / overlap, 1.0)) ** 2
+        ramp = np.minimum(up, up[::-1])
+    ramp = floor + (1.0 - floor) * ramp
+    return np.outer(ramp, ramp).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- TTA
+
+
+class Transform(NamedTuple):
+    """A dihedral transform of the two spatial axes and its exact inverse."""
+
+    name: str
+    forward: Callable[[np.ndarray], np.ndarray]
+    inverse: Callable[[np.ndarray], np.ndarray]
+
+
+def _dihedral(k: int, flip: bool, axes: tuple[int, int]) -> Transform:
+    def forward(a: np.ndarray) -> np.ndarray:
+        if flip:
+            a = np.flip(a, axis=axes[1])
+        return np.rot90(a, k, axes=axes)
+
+    def inverse(a: np.ndarray) -> np.ndarray:
+        a = np.rot90(a, -k, axes=axes)
+        return np.flip(a, axis=axes[1]) if flip else a
+
+    return Transform(f"{'flip_' if flip else ''}rot{90 * k}", forward, inverse)
+
+
+def tta_transforms(axes: tuple[int, int] = (0, 1)) -> list[Transform]:
+    """The 8 dihedral transforms (identity first) as ``(name, forward, inverse)``.
+
+    ``forward`` mirrors the second axis (for the flipped half) then rotates by
+    ``k * 90`` degrees in the plane of ``axes``; ``inverse`` undoes it exactly.
+    Both return views (``np.rot90``/``np.flip``); square arrays keep their shape.
+    """
+    return [_dihedral(k, flip, tuple(axes)) for flip in (False, True) for k in range(4)]
+
+
+# --------------------------------------------------------------------------- voting
+
+
+def _check_vote(method: str, threshold: float) -> None:
+    if method not in VOTES:
+        raise InputError("vote", f"unknown vote {method!r}; expected one of {VOTES}")
+    if not 0.0 <= float(threshold) < 1.0:
+        raise InputError("threshold", f"threshold must be in [0, 1), got {threshold!r}")
+
+
+def vote(
+    probs: np.ndarray, method: str = "mean", threshold: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Combine per-model probabilities into an ensemble probability and mask.
+
+    Parameters
+    ----------
+    probs : ndarray, shape (M, ...)
+        Probabilities of ``M`` models.
+    method : {"mean", "majority"}
+        ``"mean"``: ``mask = mean(probs) > threshold``.  ``"majority"``:
+        ``mask = mean(probs > 0.5) > threshold`` (fraction of models voting
+        foreground; with the default threshold a strict majority).
+    threshold : float
+        Threshold in [0, 1).
+
+    Returns
+    -------
+    prob : ndarray of float32, shape (...)
+        Mean probability (for both methods).
+    mask : ndarray of uint8, shape (...)
+        0/1 mask.
+    """
+    _check_vote(method, threshold)
+    return _vote(probs, method, threshold)
+
+
+def _vote(probs: np.ndarray, method: str, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    probs = np.asarray(probs, dtype=np.float32)
+    if probs.ndim < 1 or probs.shape[0] == 0:
+        raise ValueError(f"probs must have shape (M, ...) with M >= 1, got {probs.shape}")
+    prob = probs.mean(axis=0, dtype=np.float32)
+    if method == "mean":
+        mask = prob > threshold
+    else:
+        mask = (probs > 0.5).mean(axis=0, dtype=np.float32) > threshold
+    return prob, mask.astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- predictors
+
+
+def make_predictor(model: Any, batch_size: int = 8, tile: int = 256) -> Predictor:
+    """Wrap a Keras model in a compiled ``tf.function`` with a fixed batch shape.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Takes float32 ``(B, tile, tile, 3)`` in [0, 1], returns sigmoid
+        probabilities ``(B, tile, tile, 1)`` (any float dtype; the mixed
+        precision policy is the caller's business).
+    batch_size, tile : int
+        The one input shape the function is traced for.
+
+    Returns
+    -------
+    callable
+        ``f(batch) -> tf.Tensor float32 (n, tile, tile, 1)`` for a numpy batch of
+        ``n`` tiles; ``n < batch_size`` is zero-padded to the traced shape and the
+        padding is cut from the result, larger batches are split.  The traced
+        function is ``f.forward`` (``f.forward.experimental_get_tracing_count()``
+        stays 1).  The result is returned without waiting for the device
+        (conversion with ``np.asarray`` synchronises).
+    """
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((batch_size, tile, tile, 3), tf.float32)
+
+    @tf.function(jit_compile=False, reduce_retracing=True, input_signature=[spec])
+    def forward(x):
+        return tf.cast(model(x, training=False), tf.float32)
+
+    def predict(batch: np.ndarray):
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1:] != (tile, tile, 3):
+            raise ValueError(f"expected a batch of shape (n, {tile}, {tile}, 3), got {batch.shape}")
+        n = batch.shape[0]
+        if n == batch_size:
+            return forward(batch)
+        if n > batch_size:
+            parts = [predict(batch[i : i + batch_size]) for i in range(0, n, batch_size)]
+            return tf.concat(parts, axis=0)
+        padded = np.zeros((batch_size, tile, tile, 3), dtype=np.float32)
+        padded[:n] = batch
+        return forward(padded)[:n]
+
+    predict.forward = forward  # type: ignore[attr-defined]
+    predict.batch_size = batch_size  # type: ignore[attr-defined]
+    predict.tile = tile  # type: ignore[attr-defined]
+    return predict
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+class _Stopped(Exception):
+    """Raised inside a pipeline thread when another thread failed."""
+
+
+_END = object()
+
+
+class _Pipe:
+    """Threads joined by bounded queues; the first error stops all of them."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.threads: list[threading.Thread] = []
+
+    def fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self.stop.set()
+
+    def start(self, name: str, fn: Callable, *args) -> None:
+        def run() -> None:
+            try:
+                fn(*args)
+            except _Stopped:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+                self.fail(exc)
+
+        th = threading.Thread(target=run, name=f"brightseg-{name}", daemon=True)
+        th.start()
+        self.threads.append(th)
+
+    def put(self, q: queue.Queue, item: Any) -> None:
+        while True:
+            if self.stop.is_set():
+                raise _Stopped
+            try:
+                q.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                pass
+
+    def get(self, q: queue.Queue) -> Any:
+        while True:
+            if self.stop.is_set():
+                raise _Stopped
+            try:
+                return q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+
+    def acquire(self, sem: threading.Semaphore) -> None:
+        while not sem.acquire(timeout=0.05):
+            if self.stop.is_set():
+                raise _Stopped
+
+    def join(self) -> None:
+        for th in self.threads:
+            th.join()
+        if self.error is not None:
+            raise self.error
+
+
+class _ZarrPlane:
+    """Lazy 2-D float32 view of plane ``t`` of a ``(T, 1, H, W)`` uint16 array."""
+
+    def __init__(self, array: Any, t: int):
+        self.array = array
+        self.t = t
+        self.shape = tuple(int(s) for s in array.shape[-2:])
+
+    def __getitem__(self, key):
+        if not isinstance(key, tuple):
+            key = (key, slice(None))
+        raw = np.asarray(self.array[(self.t, 0, *key)])
+        return raw.astype(np.float32) / np.float32(65535)
+
+
+class _Job:
+    """One image on its way through the pipeline."""
+
+    def __init__(self, key: Hashable, source: Any, tile: int, overlap: int):
+        self.key = key
+        shape = tuple(getattr(source, "shape", ()))
+        if len(shape) != 2:
+            raise InputError(str(key), f"expected a 2-D image, got shape {shape}")
+        self.h, self.w = int(shape[0]), int(shape[1])
+        if self.h < 1 or self.w < 1:
+            raise InputError(str(key), f"image has no pixels (shape {shape})")
+        if isinstance(source, np.ndarray) or self.h < tile or self.w < tile:
+            arr = np.asarray(source if isinstance(source, np.ndarray) else source[:, :])
+            arr = arr.astype(np.float32, copy=False)
+            if not np.isfinite(arr).all():
+                raise InputError(str(key), "image contains NaN or infinite values")
+            lo, hi = float(arr.min()), float(arr.max())
+            if lo < -1e-3 or hi > 1.001:
+                raise InputError(
+                    str(key), f"expected a corrected image in [0, 1], got values in [{lo}, {hi}]"
+                )
+            pad = ((0, max(0, tile - self.h)), (0, max(0, tile - self.w)))
+            if pad[0][1] or pad[1][1]:
+                arr = np.pad(arr, pad, mode="reflect")
+            source = arr
+        self.source = source
+        self.hp, self.wp = int(source.shape[0]), int(source.shape[1])
+        self.ys = _axis_positions(self.hp, tile, overlap)
+        self.xs = _axis_positions(self.wp, tile, overlap)
+
+    def band(self, y: int, tile: int) -> np.ndarray:
+        return np.asarray(self.source[y : y + tile, :], dtype=np.float32)
+
+
+class _Accumulator:
+    """Blended sums for one band of ``tile`` rows of one image."""
+
+    def __init__(self, job: _Job, n_models: int, tile: int, stats: dict):
+        self.job = job
+        self.cap = tile
+        self.acc = np.zeros((n_models, tile, job.wp), dtype=np.float32)
+        self.wsum = np.zeros((tile, job.wp), dtype=np.float32)
+        self.base = 0
+        self.row = 0
+        self.outputs: list[np.ndarray] | None = None
+        nbytes = self.acc.nbytes + self.wsum.nbytes
+        stats["live_accumulators"] += 1
+        stats["max_live_accumulators"] = max(
+            stats["max_live_accumulators"], stats["live_accumulators"]
+        )
+        stats["peak_accumulator_bytes"] = max(stats["peak_accumulator_bytes"], nbytes)
+
+    def flush(self, upto: int, reduce: Callable) -> None:
+        """Normalise rows ``[base, upto)``, reduce them and shift the band up."""
+        n = min(upto - self.base, self.cap)
+        if n <= 0:
+            return
+        job = self.job
+        y0, y1 = self.base, min(self.base + n, job.h)
+        if y1 > y0:
+            rows = y1 - y0
+            probs = self.acc[:, :rows, : job.w] / self.wsum[:rows, : job.w]
+            reduced = reduce(probs)
+            if self.outputs is None:
+                self.outputs = [np.empty(r.shape[:-2] + (job.h, job.w), r.dtype) for r in reduced]
+            for out, r in zip(self.outputs, reduced, strict=True):
+                out[..., y0:y1, :] = r
+        keep = self.cap - n
+        if keep:
+            self.acc[:, :keep] = self.acc[:, n:]
+            self.wsum[:keep] = self.wsum[n:]
+        self.acc[:, keep:] = 0
+        self.wsum[keep:] = 0
+        self.base += n
+
+
+def _new_stats() -> dict:
+    return {
+        "n_images": 0,
+        "n_read": 0,
+        "n_written": 0,
+        "n_tiles": 0,
+        "n_batches": 0,
+        "n_padded_slots": 0,
+        "live_accumulators": 0,
+        "max_live_accumulators": 0,
+        "peak_accumulator_bytes": 0,
+        "max_images_in_flight": 0,
+        "compute_s": 0.0,
+        "wall_s": 0.0,
+    }
+
+
+def _as_tiles(out: Any, n: int, tile: int) -> np.ndarray:
+    arr = np.asarray(out, dtype=np.float32)
+    if arr.ndim == 4 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3 or arr.shape[0] < n or arr.shape[1:] != (tile, tile):
+        raise ValueError(
+            f"a predictor returned shape {np.shape(out)}; expected ({n}, {tile}, {tile}, 1)"
+        )
+    return arr
+
+
+def _run(
+    items: Iterable[tuple[Hashable, Callable[[], Any]]],
+    predictors: Sequence[Predictor],
+    *,
+    tile: int,
+    overlap: int,
+    batch_size: int,
+    tta: bool,
+    reduce: Callable[[np.ndarray], tuple[np.ndarray, ...]],
+    on_result: Callable[[Hashable, list[np.ndarray]], None],
+    total: int | None = None,
+    desc: str = "predict",
+    prefetch: int = 1,
+    stats: dict | None = None,
+) -> dict:
+    """Stream images through tiling, the predictors, blending, ``reduce`` and ``on_result``."""
+    _check_tiling(tile, overlap)
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise InputError("batch_size", f"batch size must be a positive integer, got {batch_size!r}")
+    predictors = list(predictors)
+    if not predictors:
+        raise InputError("ensemble", "no models to predict with")
+    stats = _new_stats() if stats is None else stats
+    n_models = len(predictors)
+    transforms = tta_transforms() if tta else tta_transforms()[:1]
+    n_tta = len(transforms)
+    window = blend_window(tile, overlap)
+    window_tta = (window / np.float32(n_tta)).astype(np.float32)
+
+    slots = threading.Semaphore(prefetch + 1)
+    q_jobs: queue.Queue = queue.Queue()
+    q_batches: queue.Queue = queue.Queue(maxsize=2)
+    q_results: queue.Queue = queue.Queue(maxsize=2)
+    q_write: queue.Queue = queue.Queue(maxsize=1)
+    pipe = _Pipe()
+
+    def reader() -> None:
+        for key, load in items:
+            pipe.acquire(slots)
+            job = _Job(key, load(), tile, overlap)
+            stats["n_read"] += 1
+            stats["max_images_in_flight"] = max(
+                stats["max_images_in_flight"], stats["n_read"] - stats["n_written"]
+            )
+            pipe.put(q_jobs, job)
+        pipe.put(q_jobs, _END)
+
+    def producer() -> None:
+        batch = np.empty((batch_size, tile, tile, 3), dtype=np.float32)
+        meta: list[tuple] = []
+        while (job := pipe.get(q_jobs)) is not _END:
+            n_tiles = len(job.ys) * len(job.xs) * n_tta
+            i = 0
+            for y in job.ys:
+                band = job.band(y, tile)
+                for x in job.xs:
+                    patch = band[:, x : x + tile]
+                    for k, tr in enumerate(transforms):
+                        batch[len(meta)] = tr.forward(patch)[..., None]
+                        i += 1
+                        meta.append((job, y, x, k, i == n_tiles))
+                        if len(meta) == batch_size:
+                            pipe.put(q_batches, (batch, meta))
+                            batch = np.empty_like(batch)
+                            meta = []
+            job.source = band = patch = None  # release the input image
+            slots.release()
+        if meta:
+            batch[len(meta) :] = 0
+            stats["n_padded_slots"] += batch_size - len(meta)
+            pipe.put(q_batches, (batch, meta))
+        pipe.put(q_batches, _END)
+
+    def accumulator() -> None:
+        cur: _Accumulator | None = None
+        while (item := pipe.get(q_results)) is not _END:
+            meta, outs = item
+            outs = [_as_tiles(o, len(meta), tile) for o in outs]
+            for i, (job, y, x, k, last) in enumerate(meta):
+                if cur is None or cur.job is not job:
+                    cur = _Accumulator(job, n_models, tile, stats)
+                if y != cur.row:
+                    cur.flush(y, reduce)
+                    cur.row = y
+                r0 = y - cur.base
+                if k == 0:
+                    cur.wsum[r0 : r0 + tile, x : x + tile] += window
+                inverse = transforms[k].inverse
+                for m in range(n_models):
+                    view = cur.acc[m, r0 : r0 + tile, x : x + tile]
+                    view += inverse(outs[m][i]) * window_tta
+                if last:
+                    cur.flush(job.hp, reduce)
+                    stats["live_accumulators"] -= 1
+                    stats["n_images"] += 1
+                    pipe.put(q_write, (job.key, cur.outputs))
+                    cur = None
+        pipe.put(q_write, _END)
+
+    def writer() -> None:
+        def results():
+            while (item := pipe.get(q_write)) is not _END:
+                yield item
+
+        for key, outputs in progress(results(), total=total, desc=desc):
+            on_result(key, outputs)
+            stats["n_written"] += 1
+
+    t0 = time.perf_counter()
+    pipe.start("reader", reader)
+    pipe.start("producer", producer)
+    pipe.start("accumulator", accumulator)
+    pipe.start("writer", writer)
+    try:
+        while (item := pipe.get(q_batches)) is not _END:
+            batch, meta = item
+            tc = time.perf_counter()
+            outs = [p(batch) for p in predictors]
+            stats["compute_s"] += time.perf_counter() - tc
+            stats["n_batches"] += 1
+            stats["n_tiles"] += len(meta)
+            pipe.put(q_results, (meta, outs))
+        pipe.put(q_results, _END)
+    except _Stopped:
+        pass
+    except BaseException as exc:
+        pipe.fail(exc)
+    pipe.join()
+    stats["wall_s"] += time.perf_counter() - t0
+    return stats
+
+
+# --------------------------------------------------------------------------- images
+
+
+def predict_image(
+    image: np.ndarray,
+    predictors: Sequence[Predictor],
+    *,
+    tile: int = 256,
+    overlap: int = 32,
+    batch_size: int = 8,
+    tta: bool = False,
+) -> np.ndarray:
+    """Per-model blended probability maps of one image.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W)
+        Corrected image, float in [0, 1]; any size.
+    predictors : sequence of callables
+        ``f(batch float32 (B, tile, tile, 3)) -> (B, tile, tile, 1)``, e.g. from
+        :func:`make_predictor`.
+    tile, overlap, batch_size : int
+        Tiling (see :func:`tile_grid`, :func:`blend_window`) and batch size.
+    tta : bool
+        Average the 8 dihedral transforms per model.
+
+    Returns
+    -------
+    ndarray of float32, shape (M, H, W)
+    """
+    result: list[np.ndarray] = []
+    _run(
+        [(0, lambda: image)],
+        predictors,
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        tta=tta,
+        reduce=lambda probs: (probs,),
+        on_result=lambda key, outputs: result.append(outputs[0]),
+        total=1,
+        desc="predict image",
+    )
+    return result[0]
+
+
+def predict_image_voted(
+    image: np.ndarray,
+    predictors: Sequence[Predictor],
+    *,
+    tile: int = 256,
+    overlap: int = 32,
+    batch_size: int = 8,
+    tta: bool = False,
+    vote: str = "mean",
+    threshold: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Streaming variant of :func:`predict_image` that votes band by band.
+
+    Returns ``(prob float32 (H, W), mask uint8 (H, W))`` as :func:`vote` of the
+    per-model maps, without ever holding all ``M`` full-size maps.
+    """
+    _check_vote(vote, threshold)
+    method = vote  # the parameter shadows the function
+    result: list[list[np.ndarray]] = []
+    _run(
+        [(0, lambda: image)],
+        predictors,
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        tta=tta,
+        reduce=lambda probs: _vote(probs, method, threshold),
+        on_result=lambda key, outputs: result.append(outputs),
+        total=1,
+        desc="predict image",
+    )
+    prob, mask = result[0]
+    return prob, mask
+
+
+# --------------------------------------------------------------------------- plates
+
+
+def _store_loader(store: Any, image_id: Hashable, max_image_pixels: int | None) -> Callable:
+    def load():
+        if max_image_pixels and hasattr(store, "image_array"):
+            array, t = store.image_array(image_id)
+            h, w = array.shape[-2:]
+            if h * w > max_image_pixels:
+                log.info("%s: %d x %d image read band by band", image_id, h, w)
+                return _ZarrPlane(array, t)
+        return store.read(image_id)
+
+    return load
+
+
+def _to_uint8(prob: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(prob, 0.0, 1.0) * np.float32(255)).astype(np.uint8)
+
+
+def predict_plate(
+    store: Any,
+    predictors: Sequence[Predictor],
+    *,
+    tile: int = 256,
+    overlap: int = 32,
+    batch_size: int = 8,
+    vote: str = "mean",
+    threshold: float = 0.5,
+    tta: bool = False,
+    skip_existing: bool = True,
+    prefetch: int = 1,
+    max_image_pixels: int | None = 2**26,
+    desc: str = "predict",
+) -> pd.DataFrame:
+    """Predict every image of a plate store and write ``prob`` and ``mask`` labels.
+
+    Parameters
+    ----------
+    store : PlateStore-like
+        Needs ``images`` (DataFrame with ``image_id``), ``read(image_id)`` (float32
+        2-D), ``has_label``, ``create_label``, ``write_label``, ``read_label``; and
+        optionally ``image_array(image_id) -> (zarr (T, 1, H, W), t)`` for
+        band-wise reading of images above ``max_image_pixels``.
+    predictors : sequence of callables
+        One per ensemble model (see :func:`make_predictor`).
+    tile, overlap, batch_size, tta
+        See :func:`predict_image`.
+    vote, threshold
+        See :func:`vote`.
+    skip_existing : bool
+        Skip images whose ``mask`` label is complete (resumable jobs).
+    prefetch : int
+        Images read ahead of the one being tiled.
+    max_image_pixels : int or None
+        Larger images are read band by band (None: always whole).
+    desc : str
+        Progress label.
+
+    Returns
+    -------
+    DataFrame
+        One row per image in ``store.images`` order: ``image_id, n_models, vote,
+        threshold, tta, foreground_fraction, skipped``.  ``df.attrs["engine"]``
+        holds pipeline statistics (tiles, batches, compute and wall seconds,
+        peak accumulator bytes, ...).
+    """
+    _check_vote(vote, threshold)
+    predictors = list(predictors)
+    ids = list(store.images["image_id"])
+    rows: dict[Hashable, dict] = {}
+
+    def row(image_id: Hashable, fraction: float, skipped: bool) -> dict:
+        return {
+            "image_id": image_id,
+            "n_models": len(predictors),
+            "vote": vote,
+            "threshold": float(threshold),
+            "tta": bool(tta),
+            "foreground_fraction": float(fraction),
+            "skipped": skipped,
+        }
+
+    todo = []
+    for image_id in ids:
+        if skip_existing and store.has_label(image_id, MASK_LABEL):
+            mask = np.asarray(store.read_label(image_id, MASK_LABEL))
+            rows[image_id] = row(image_id, np.count_nonzero(mask) / max(mask.size, 1), True)
+        else:
+            todo.append(image_id)
+    if len(todo) < len(ids):
+        log.info(
+            "%s: %d of %d images already predicted, skipped", desc, len(ids) - len(todo), len(ids)
+        )
+
+    def reduce(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        prob, mask = _vote(probs, vote, threshold)
+        return _to_uint8(prob), mask
+
+    def on_result(image_id: Hashable, outputs: list[np.ndarray]) -> None:
+        prob_u8, mask = outputs
+        store.create_label(image_id, PROB_LABEL, np.uint8)
+        store.write_label(image_id, PROB_LABEL, prob_u8)
+        store.create_label(image_id, MASK_LABEL, np.uint8)
+        store.write_label(image_id, MASK_LABEL, mask)  # last: marks the image complete
+        rows[image_id] = row(image_id, np.count_nonzero(mask) / mask.size, False)
+
+    stats = _new_stats()
+    if todo:
+        _run(
+            ((image_id, _store_loader(store, image_id, max_image_pixels)) for image_id in todo),
+            predictors,
+            tile=tile,
+            overlap=overlap,
+            batch_size=batch_size,
+            tta=tta,
+            reduce=reduce,
+            on_result=on_result,
+            total=len(todo),
+            desc=desc,
+            prefetch=prefetch,
+            stats=stats,
+        )
+        log.info(
+            "%s: %d images, %d tiles in %d batches, %.1f s (%.1f s in the models)",
+            desc,
+            stats["n_images"],
+            stats["n_tiles"],
+            stats["n_batches"],
+            stats["wall_s"],
+            stats["compute_s"],
+        )
+    df = pd.DataFrame([rows[i] for i in ids], columns=SUMMARY_COLUMNS)
+    df.attrs["engine"] = dict(stats)
+    return df
+
+
+def read_ensemble(path: str | os.PathLike) -> pd.DataFrame:
+    """Read ``ensemble.tsv`` and resolve checkpoint paths.
+
+    Relative ``path`` entries are resolved against the working directory
+    first, then against the TSV's directory.  Rows are sorted by ``rank`` when
+    that column exists.
+
+    Raises
+    ------
+    InputError
+        Missing/empty file, no ``path`` column, no rows, or a missing checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "ensemble table does not exist")
+    try:
+        df = pd.read_csv(path, sep="\t")
+    except Exception as exc:  # noqa: BLE001 - any parser error is bad input
+        raise InputError(
+            path, f"cannot read ensemble table ({type(exc).__name__}: {exc})"
+        ) from None
+    if "path" not in df.columns:
+        raise InputError(path, f"no 'path' column (columns: {list(df.columns)})")
+    if df.empty:
+        raise InputError(path, "ensemble table lists no checkpoints")
+    if "rank" in df.columns:
+        df = df.sort_values("rank", kind="stable").reset_index(drop=True)
+    resolved = []
+    for entry in df["path"].astype(str):
+        p = Path(entry)
+        candidates = [p] if p.is_absolute() else [p, path.parent / p]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise InputError(path, f"checkpoint {entry!r} does not exist")
+        resolved.append(str(found))
+    df["path"] = resolved
+    return df
+
+
+def _model_tile(model: Any) -> int | None:
+    shape = getattr(model, "input_shape", None)
+    if isinstance(shape, list):
+        shape = shape[0]
+    if shape is None or len(shape) != 4 or shape[1] is None or shape[1] != shape[2]:
+        return None
+    return int(shape[1])
+
+
+def predict_plate_from_paths(
+    store_path: str | os.PathLike,
+    ensemble_tsv: str | os.PathLike,
+    *,
+    tile: int | None = None,
+    overlap: int = 32,
+    batch_size: int = 8,
+    vote: str = "mean",
+    threshold: float = 0.5,
+    tta: bool = False,
+    skip_existing: bool = True,
+    out_tsv: str | os.PathLike | None = None,
+) -> pd.DataFrame:
+    """Load the ensemble once and predict a plate store (the ``predict`` rule).
+
+    Parameters
+    ----------
+    store_path : path-like
+        ``results/plates/{plate}.ome.zarr``.
+    ensemble_tsv : path-like
+        ``results/models/ensemble.tsv`` (see :func:`read_ensemble`).
+    tile : int or None
+        Tile size; None uses the models' static input size, else 256.
+    out_tsv : path-like or None
+        Also write the summary table there (atomically, tab-separated).
+    overlap, batch_size, vote, threshold, tta, skip_existing
+        See :func:`predict_plate`.
+
+    Returns
+    -------
+    DataFrame
+        The per-image summary of :func:`predict_plate`.
+
+    Notes
+    -----
+    Precision: a Keras 3 checkpoint stores each layer's dtype policy, so a
+    model trained under ``mixed_bfloat16`` also predicts in bf16 and a float32
+    one in float32, whatever the global policy at load time (which only
+    affects the input layer).  :func:`make_predictor` casts the outputs to
+    float32 either way.
+    """
+    from .models import load_checkpoint
+    from .platestore import open_plate
+
+    _check_vote(vote, threshold)
+    ensemble = read_ensemble(ensemble_tsv)
+    store = open_plate(store_path)
+    models = []
+    for ckpt in ensemble["path"]:
+        log.info("loading %s", ckpt)
+        models.append(load_checkpoint(ckpt))
+    tiles = {_model_tile(m) for m in models} - {None}
+    if len(tiles) > 1:
+        raise InputError(ensemble_tsv, f"checkpoints have different input sizes {sorted(tiles)}")
+    if tile is None:
+        tile = tiles.pop() if tiles else 256
+    elif tiles and tile not in tiles:
+        raise InputError("tile", f"tile {tile} differs from the models' input size {tiles.pop()}")
+    predictors = [make_predictor(m, batch_size, tile) for m in models]
+    df = predict_plate(
+        store,
+        predictors,
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        vote=vote,
+        threshold=threshold,
+        tta=tta,
+        skip_existing=skip_existing,
+        desc=f"predict {Path(store_path).name}",
+    )
+    if out_tsv is not None:
+        from .io import write_text
+
+        write_text(df.to_csv(sep="\t", index=False, lineterminator="\n"), out_tsv)
+    return df
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+def _bench_model(name: str, tile: int, seed: int):
+    """A small model for the benchmark: ``"mini_unet"`` (2 levels), ``"conv"`` or a zoo name."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    if name == "conv":
+        inp = keras.Input((tile, tile, 3))
+        x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+        out = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid")(x)
+        return keras.Model(inp, out)
+    if name == "mini_unet":
+        inp = keras.Input((tile, tile, 3))
+        c1 = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inp)
+        c1 = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(c1)
+        p1 = keras.layers.MaxPooling2D()(c1)
+        c2 = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(p1)
+        c2 = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(c2)
+        u1 = keras.layers.UpSampling2D()(c2)
+        m1 = keras.layers.Concatenate()([u1, c1])
+        c3 = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(m1)
+        out = keras.layers.Conv2D(1, 1, activation="sigmoid")(c3)
+        return keras.Model(inp, out)
+    from . import models as zoo  # a model of the project's zoo, e.g. "small_unet"
+
+    build = getattr(zoo, "build_model", None)
+    if build is None:
+        raise ValueError(f"unknown benchmark model {name!r}")
+    return build(name, input_shape=(tile, tile, 3))
+
+
+class _BenchStore:
+    """Minimal zarr plate store (used only when ``brightseg.platestore`` is unavailable)."""
+
+    def __init__(self, root: Path, images: list[np.ndarray]):
+        import zarr
+
+        self.root = zarr.open_group(str(root), mode="w")
+        ids = [f"img{i:04d}" for i in range(len(images))]
+        for image_id, img in zip(ids, images, strict=True):
+            h, w = img.shape
+            arr = self.root.create_array(
+                f"{image_id}/0", shape=(1, 1, h, w), chunks=(1, 1, h, w), dtype="uint16"
+            )
+            arr[0, 0] = np.rint(img * 65535).astype(np.uint16)
+        self.images = pd.DataFrame(
+            {"image_id": ids, "row": "A", "column": 1, "field": range(len(ids)), "timepoint": 0}
+        )
+
+    def read(self, image_id):
+        return self.root[f"{image_id}/0"][0, 0].astype(np.float32) / np.float32(65535)
+
+    def image_array(self, image_id):
+        return self.root[f"{image_id}/0"], 0
+
+    def create_label(self, image_id, name, dtype):
+        h, w = self.root[f"{image_id}/0"].shape[-2:]
+        self.root.create_array(
+            f"{image_id}/labels/{name}/0",
+            shape=(1, 1, h, w),
+            chunks=(1, 1, h, w),
+            dtype=np.dtype(dtype).name,
+            overwrite=True,
+        )
+
+    def write_label(self, image_id, name, array):
+        self.root[f"{image_id}/labels/{name}/0"][0, 0] = array
+        self.root[f"{image_id}/labels/{name}/0"].attrs["complete"] = True
+
+    def has_label(self, image_id, name):
+        key = f"{image_id}/labels/{name}/0"
+        return key in self.root and bool(self.root[key].attrs.get("complete", False))
+
+    def read_label(self, image_id, name):
+        return self.root[f"{image_id}/labels/{name}/0"][0, 0]
+
+
+def _make_bench_store(root: Path, images: list[np.ndarray]):
+    """A plate store holding ``images``: the project's platestore, else minimal zarr."""
+    try:
+        from .platestore import open_plate, write_plate
+    except ImportError:
+        return _BenchStore(root, images), "zarr"
+    table = pd.DataFrame(
+        {
+            "image_id": [f"img{i:04d}" for i in range(len(images))],
+            "row": "A",
+            "column": 1,
+            "field": range(len(images)),
+            "timepoint": 0,
+        }
+    )
+    write_plate(
+        root,
+        "bench",
+        table,
+        load=lambda row: images[int(row["field"])],
+        pixel_size_um=1.0,
+        modality="brightfield",
+    )
+    return open_plate(root), "platestore"
+
+
+def _paper_predict(image, models, *, tile, overlap, batch_size, threshold):
+    """The paper's inference: patchify, ``model.predict`` per model, stitch, mean vote."""
+    h, w = image.shape
+    if overlap == 0:
+        hp, wp = -(-max(h, tile) // tile) * tile, -(-max(w, tile) // tile) * tile
+        padded = np.pad(image, ((0, hp - h), (0, wp - w)), mode="reflect")
+        corners = [(y, x) for y in range(0, hp, tile) for x in range(0, wp, tile)]
+    else:
+        padded = np.pad(image, ((0, max(0, tile - h)), (0, max(0, tile - w))), mode="reflect")
+        hp, wp = padded.shape
+        corners = tile_grid(hp, wp, tile, overlap)
+    patches = np.stack([padded[y : y + tile, x : x + tile] for y, x in corners])
+    patches = np.repeat(patches[..., None], 3, axis=-1)
+    total = np.zeros((hp, wp), dtype=np.float32)
+    count = np.zeros((hp, wp), dtype=np.float32)
+    for model in models:
+        pred = model.predict(patches, batch_size=batch_size, verbose=0)[..., 0]
+        for (y, x), p in zip(corners, pred, strict=True):
+            total[y : y + tile, x : x + tile] += p
+            count[y : y + tile, x : x + tile] += 1
+    prob = (total / count)[:h, :w]
+    return _to_uint8(prob), (prob > threshold).astype(np.uint8)
+
+
+def bench_ensemble(
+    n_images: int = 4,
+    shape: tuple[int, int] = (1024, 1024),
+    n_models: int = 2,
+    tile: int = 256,
+    overlap: int = 32,
+    batch_size: int = 8,
+    model: str = "mini_unet",
+    tta: bool = False,
+    seed: int = 0,
+    workdir: str | os.PathLike | None = None,
+    repeats: int = 3,
+    verbose: bool = True,
+) -> dict:
+    """Compare raw model throughput, this module's pipeline and the paper's approach.
+
+    On the same ``n_images`` random images and ``n_models`` models:
+
+    (a) raw forward passes of the compiled predictors on in-memory batches, as
+        many batches as the pipeline needs;
+    (b) :func:`predict_plate` end to end, zarr to zarr;
+    (c) per image: patchify, ``model.predict`` per model, stitch by averaging,
+        mean vote, write; once with the same overlap (same tiles as (b)) and
+        once with non-overlapping tiles.
+
+    The four measurements are interleaved ``repeats`` times and the best time
+    of each is reported (``all_s`` has every time).
+
+    Returns
+    -------
+    dict
+        Seconds, patches/s and MPx/s of each, and the ratios ``b_over_a``
+        (pipeline throughput / raw model throughput; 1 means all I/O, tiling,
+        blending and voting is hidden), ``b_over_c`` (pipeline speed-up over
+        the paper's approach at equal overlap) and ``b_over_c_nonoverlap``.
+    """
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    images = [rng.random((h, w), dtype=np.float32) for _ in range(n_images)]
+    models = [_bench_model(model, tile, seed + i) for i in range(n_models)]
+    predictors = [make_predictor(m, batch_size, tile) for m in models]
+    mpx = n_images * h * w / 1e6
+    tmp = tempfile.TemporaryDirectory(dir=workdir)
+    try:
+        root = Path(tmp.name)
+        store, store_kind = _make_bench_store(root / "bench.ome.zarr", images)
+        # warm-up: trace the functions and the Keras predict path once
+        warm = np.zeros((batch_size, tile, tile, 3), dtype=np.float32)
+        for p, m in zip(predictors, models, strict=True):
+            np.asarray(p(warm))
+            m.predict(warm, batch_size=batch_size, verbose=0)
+
+        # (b) pipeline, zarr to zarr
+        def pipeline() -> float:
+            t0 = time.perf_counter()
+            df = predict_plate(
+                store,
+                predictors,
+                tile=tile,
+                overlap=overlap,
+                batch_size=batch_size,
+                tta=tta,
+                skip_existing=False,
+                desc="bench",
+            )
+            engine.update(df.attrs["engine"])
+            return time.perf_counter() - t0
+
+        # (a) the same number of forward passes on in-memory batches of real tiles
+        first = np.pad(images[0], ((0, max(0, tile - h)), (0, max(0, tile - w))), mode="reflect")
+        corners = (tile_grid(*first.shape, tile, overlap) * batch_size)[:batch_size]
+        batch = np.stack([first[y : y + tile, x : x + tile] for y, x in corners])
+        batch = np.repeat(batch[..., None], 3, axis=-1)
+
+        def raw() -> float:
+            t0 = time.perf_counter()
+            for _ in range(engine["n_batches"]):
+                for p in predictors:
+                    np.asarray(p(batch))
+            return time.perf_counter() - t0
+
+        # (c) the paper's approach, zarr to zarr, at equal and at zero overlap
+        def paper(ov: int) -> float:
+            t0 = time.perf_counter()
+            for image_id in store.images["image_id"]:
+                img = store.read(image_id)
+                prob, mask = _paper_predict(
+                    img, models, tile=tile, overlap=ov, batch_size=batch_size, threshold=0.5
+                )
+                for name, arr in (("prob_paper", prob), ("mask_paper", mask)):
+                    store.create_label(image_id, name, np.uint8)
+                    store.write_label(image_id, name, arr)
+            return time.perf_counter() - t0
+
+        engine: dict = {}
+        times: dict[str, list[float]] = {"b": [], "a": [], "c": [], "c0": []}
+        for _ in range(repeats):  # interleaved, best of `repeats` (shared machines are noisy)
+            times["b"].append(pipeline())
+            times["a"].append(raw())
+            times["c"].append(paper(overlap))
+            times["c0"].append(paper(0))
+        t_a, t_b, t_c, t_c0 = (min(times[k]) for k in ("a", "b", "c", "c0"))
+        n_batches = engine["n_batches"]
+    finally:
+        tmp.cleanup()
+    patches = n_batches * batch_size * n_models
+    out = {
+        "model": model,
+        "n_models": n_models,
+        "n_images": n_images,
+        "shape": tuple(shape),
+        "tile": tile,
+        "overlap": overlap,
+        "batch_size": batch_size,
+        "tta": tta,
+        "store": store_kind,
+        "n_batches": n_batches,
+        "model_patches": patches,
+        "a_s": t_a,
+        "b_s": t_b,
+        "c_s": t_c,
+        "c_nonoverlap_s": t_c0,
+        "a_patches_per_s": patches / t_a,
+        "b_patches_per_s": patches / t_b,
+        "a_mpx_per_s": mpx / t_a,
+        "b_mpx_per_s": mpx / t_b,
+        "c_mpx_per_s": mpx / t_c,
+        "c_nonoverlap_mpx_per_s": mpx / t_c0,
+        "b_compute_s": engine["compute_s"],
+        "repeats": repeats,
+        "all_s": times,
+        "b_over_a": t_a / t_b,
+        "b_over_c": t_c / t_b,
+        "b_over_c_nonoverlap": t_c0 / t_b,
+    }
+    if verbose:
+        for key, value in out.items():
+            print(f"{key:>24}: {value:.4g}" if isinstance(value, float) else f"{key:>24}: {value}")
+    return out

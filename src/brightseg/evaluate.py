@@ -1,0 +1,350 @@
+"""Rule-level evaluation: held-out metrics, ablation, LIVECell validation, statistics, figures.
+
+Like :mod:`brightseg.pipeline`, each public function here is what one Snakemake rule runs;
+the metric, statistics and figure logic lives in :mod:`brightseg.metrics`,
+:mod:`brightseg.stats`, :mod:`brightseg.livecell` and :mod:`brightseg.figures`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+from .io import read_image, write_parquet, write_text
+
+log = logging.getLogger(__name__)
+
+ENSEMBLE = "ensemble"
+
+
+class Ensemble:
+    """The selected checkpoints, loaded once, predicting in-memory images."""
+
+    def __init__(self, ensemble_tsv: str, inference: dict):
+        from .ensemble import _model_tile, make_predictor, read_ensemble
+        from .models import load_checkpoint, set_precision
+
+        set_precision(str(inference.get("precision", "auto")))
+        self.table = read_ensemble(ensemble_tsv)
+        self.names = [
+            f"{r.model}/{r.loss}/e{int(r.epoch):02d}"
+            if {"model", "loss", "epoch"} <= set(self.table)
+            else Path(r.path).stem
+            for r in self.table.itertuples(index=False)
+        ]
+        models = [load_checkpoint(p) for p in self.table["path"]]
+        tiles = {_model_tile(m) for m in models} - {None}
+        self.tile = tiles.pop() if tiles else int(inference.get("tile", 256))
+        self.overlap = int(inference.get("overlap", 32))
+        self.batch_size = int(inference.get("batch_size", 8))
+        self.vote = str(inference.get("vote", "mean"))
+        self.threshold = float(inference.get("threshold", 0.5))
+        self.tta = bool(inference.get("tta", False))
+        self.predictors = [make_predictor(m, self.batch_size, self.tile) for m in models]
+
+    def predict(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-model probabilities (M, H, W), ensemble probability and ensemble mask."""
+        from .ensemble import predict_image, vote
+
+        probs = predict_image(
+            image,
+            self.predictors,
+            tile=self.tile,
+            overlap=self.overlap,
+            batch_size=self.batch_size,
+            tta=self.tta,
+        )
+        prob, mask = vote(probs, self.vote, self.threshold)
+        return probs, prob, mask
+
+
+def _split(mask: np.ndarray, pixel_size_um: float, instances: dict) -> np.ndarray:
+    from .instances import split_instances
+
+    return split_instances(
+        mask,
+        pixel_size_um=pixel_size_um,
+        h_um=instances.get("h_um"),
+        min_area_um2=float(instances.get("min_area_um2", 20.0)),
+        max_area_um2=instances.get("max_area_um2"),
+        fill_holes=bool(instances.get("fill_holes", True)),
+        remove_border=bool(instances.get("remove_border", False)),
+    )
+
+
+def _items(
+    ens: Ensemble,
+    image: np.ndarray,
+    truth_labels: np.ndarray,
+    *,
+    pixel_size_um: float,
+    instances: dict,
+    extra: dict,
+) -> Iterator[dict]:
+    """Evaluation items of one image: every checkpoint alone, then the ensemble."""
+    probs, prob, mask = ens.predict(image)
+    truth = (truth_labels > 0).astype(np.uint8)
+    for name, p in zip(ens.names, probs, strict=True):
+        m = (p > 0.5).astype(np.uint8)
+        yield dict(
+            extra,
+            model=name,
+            pred=m,
+            truth=truth,
+            prob=p,
+            pred_labels=_split(m, pixel_size_um, instances),
+            true_labels=truth_labels,
+        )
+    yield dict(
+        extra,
+        model=ENSEMBLE,
+        pred=mask,
+        truth=truth,
+        prob=prob,
+        pred_labels=_split(mask, pixel_size_um, instances),
+        true_labels=truth_labels,
+    )
+
+
+def heldout_images(
+    training_manifest: str,
+    stores: dict[str, str],
+    annotations: dict[str, str],
+    training_plates: list[str],
+) -> pd.DataFrame:
+    """The held-out images: validation-split sources and every image of annotated,
+    non-training plates. Columns plate, image_id, store, labels, source."""
+    man = pd.read_parquet(training_manifest, columns=["source_image", "plate", "split"])
+    val = man.loc[man["split"] == "val", ["plate", "source_image"]].drop_duplicates()
+    rows = [
+        {"plate": r.plate, "image_id": r.source_image, "source": "validation split"}
+        for r in val.itertuples(index=False)
+    ]
+    for plate, ann_manifest in annotations.items():
+        if plate in training_plates:
+            continue
+        ann = pd.read_parquet(ann_manifest, columns=["stem"])
+        rows += [{"plate": plate, "image_id": s, "source": "held-out plate"} for s in ann["stem"]]
+    df = pd.DataFrame(rows, columns=["plate", "image_id", "source"])
+    df["store"] = [stores[p] for p in df["plate"]]
+    df["labels"] = [
+        str(Path(annotations[p]).parent / f"{i}_labels.tif")
+        for p, i in zip(df["plate"], df["image_id"], strict=True)
+    ]
+    return df.sort_values(["plate", "image_id"]).reset_index(drop=True)
+
+
+def evaluate_heldout(
+    ensemble_tsv: str,
+    training_manifest: str,
+    stores: dict[str, str],
+    annotations: dict[str, str],
+    training_plates: list[str],
+    out_eval: str,
+    out_ablation: str,
+    out_ablation_md: str,
+    overlay_stem: str | None = None,
+    *,
+    inference: dict,
+    instances: dict,
+) -> pd.DataFrame:
+    """Rule ``evaluate``: per-image metrics of every checkpoint and the ensemble, ablation."""
+    from .figures import table_to_markdown
+    from .metrics import ablation_table, evaluate_pairs
+    from .platestore import open_plate
+
+    images = heldout_images(training_manifest, stores, annotations, training_plates)
+    if images.empty:
+        raise InputError(
+            training_manifest, "no held-out images: no validation split and no annotated test plate"
+        )
+    ens = Ensemble(ensemble_tsv, inference)
+
+    def items():
+        for row in images.itertuples(index=False):
+            ps = open_plate(row.store)
+            truth = read_image(row.labels)
+            yield from _items(
+                ens,
+                ps.read(row.image_id),
+                truth,
+                pixel_size_um=ps.pixel_size_um,
+                instances=instances,
+                extra={"image": row.image_id, "plate": row.plate, "source": row.source},
+            )
+
+    df = evaluate_pairs(items(), total=len(images) * (len(ens.names) + 1))
+    write_parquet(df, out_eval)
+    abl = ablation_table(df)
+    write_parquet(abl, out_ablation)
+    write_text(table_to_markdown(abl), out_ablation_md)
+    log.info("ablation:\n%s", abl.to_string(index=False))
+    if overlay_stem:
+        from .figures import overlay_counts, overlay_panel, save_figure
+
+        fig = overlay_panel(first["image"], first["pred"], first["truth"], title=f"ensemble: {first['name']}")
+        save_figure(fig, overlay_counts(first["pred"], first["truth"]), overlay_stem)
+    return df
+
+
+# --- LIVECell ------------------------------------------------------------------------------
+
+
+def livecell_import(
+    annotations: list[str], images: str, out_index: str, out_qc: str, *, exclude: str
+) -> None:
+    """Rule ``livecell_import``: LIVECell COCO -> label images, masks, index, QC table."""
+    from .livecell import import_livecell
+
+    out_dir = Path(out_index).parent
+    imgs, qc = import_livecell(annotations, images, out_dir, exclude=exclude)
+    for produced, wanted in ((out_dir / "index.parquet", out_index), (out_dir / "qc.tsv", out_qc)):
+        if produced.resolve() != Path(wanted).resolve():
+            raise ValueError(f"{wanted}: livecell_import writes {produced.name} in {out_dir}")
+    log.info("LIVECell: %d images imported, %d skipped", len(imgs), len(qc))
+
+
+def livecell_predict(
+    ensemble_tsv: str,
+    index: str,
+    out_per_image: str,
+    out_ap: str,
+    *,
+    inference: dict,
+    instances: dict,
+    illumination: dict,
+    pixel_size_um: float,
+) -> None:
+    """Rule ``livecell_predict``: ensemble on every imported LIVECell image, per-image metrics
+    and COCO AP per cell line (LIVECell's evaluator settings)."""
+    from .illumination import correct_illumination, radius_to_px
+    from .livecell import ap_per_cell_line
+    from .metrics import evaluate_pairs
+
+    idx = pd.read_parquet(index)
+    root = Path(index).parent
+    ens = Ensemble(ensemble_tsv, inference)
+    radius = radius_to_px(illumination["radius"], illumination.get("unit", "px"), pixel_size_um)
+    ap_items = []
+
+    def items():
+        for row in idx.itertuples(index=False):
+            raw = read_image(row.image_path).astype(np.float32)
+            image = correct_illumination(
+                raw,
+                radius,
+                mode=illumination.get("mode", "white"),
+                method=illumination.get("method", "fast"),
+                percentiles=tuple(illumination.get("percentiles", (1.0, 99.8))),
+            )
+            truth = read_image(root / row.labels_path)
+            extra = {"image": row.image, "cell_line": row.cell_line, "group": row.group}
+            for item in _items(
+                ens, image, truth, pixel_size_um=pixel_size_um, instances=instances, extra=extra
+            ):
+                if item["model"] == ENSEMBLE:
+                    ap_items.append(
+                        {
+                            "cell_line": row.cell_line,
+                            "true_labels": item["true_labels"],
+                            "pred_labels": item["pred_labels"],
+                            "prob": item["prob"],
+                        }
+                    )
+                    yield item
+
+    df = evaluate_pairs(items(), total=len(idx))
+    write_parquet(df, out_per_image)
+    write_parquet(ap_per_cell_line(ap_items), out_ap)
+
+
+def livecell_report(per_image: str, ap: str, outputs: dict, *, threshold: float) -> None:
+    """Rule ``livecell_report``: paper Tables 3/4 (groups), 5 (summary) and AP vs published."""
+    from .figures import table_to_latex, table_to_markdown
+    from .livecell import ap_table, group_table, summary_table
+
+    df = pd.read_parquet(per_image)
+    tables = {
+        "groups": group_table(df, threshold=threshold),
+        "summary": summary_table(df),
+        "ap": ap_table(pd.read_parquet(ap)),
+    }
+    for name, table in tables.items():
+        write_parquet(table, outputs[f"{name}_parquet"])
+        write_text(table_to_markdown(table), outputs[f"{name}_md"])
+        write_text(table_to_latex(table), outputs[f"{name}_tex"])
+
+
+# --- statistics and figures ------------------------------------------------------------------
+
+
+def stats_report(per_image: str, out_json: str, out_md: str, out_tex: str, *, stats: dict) -> dict:
+    """Rule ``stats_report``: the paper's Table 6 on the ensemble's per-image scores."""
+    from .stats import stats_from_file
+
+    df = pd.read_parquet(per_image)
+    model = stats.get("model", ENSEMBLE)
+    if "model" in df.columns:
+        df = df[df["model"] == model]
+    if df.empty:
+        raise InputError(per_image, f"no rows for model {model!r}")
+    tmp = Path(out_json).with_name(f".{Path(out_json).stem}.input.parquet")
+    write_parquet(df, tmp)
+    try:
+        return stats_from_file(
+            tmp,
+            stats.get("column", "f1"),
+            float(stats.get("baseline", 0.75)),
+            out_json=out_json,
+            out_md=out_md,
+            out_tex=out_tex,
+            threshold=stats.get("threshold"),
+            nan_policy=stats.get("nan_policy", "error"),
+        )
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def stacked_histories(histories: list[str]) -> pd.DataFrame:
+    """Every run's history.csv in one table, with ``model`` and ``loss_fn`` columns."""
+    frames = []
+    for h in histories:
+        run_dir = Path(h).parent
+        df = pd.read_csv(h)
+        df.insert(0, "loss_fn", run_dir.name)
+        df.insert(0, "model", run_dir.parent.name)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def make_figures(inputs: dict, out_dir: str, *, seed: int = 0) -> list[str]:
+    """Rule ``figures``: every paper figure as PNG + SVG + the plotted data as parquet."""
+    from . import figures as F
+
+    out = Path(out_dir)
+    written = []
+    hist = stacked_histories(inputs["histories"])
+    written += F.save_figure(F.training_curves(hist), hist, out / "training_curves")
+    abl = pd.read_parquet(inputs["ablation"])
+    written += F.save_figure(F.ensemble_ablation(abl), abl, out / "ensemble_ablation")
+    from .selection import backbone_table
+
+    cards = {
+        Path(c).parent.parent.name + "/" + Path(c).parent.name: json.loads(Path(c).read_text())
+        for c in inputs["cards"]
+    }
+    params = {k: v.get("params", {}) for k, v in cards.items()}
+    bt = backbone_table(hist.rename(columns={"loss_fn": "loss_name"}), params)
+    written += F.save_figure(F.backbone_comparison(bt), bt, out / "backbone_comparison")
+    if inputs.get("livecell"):
+        lc = pd.read_parquet(inputs["livecell"])
+        written += F.save_figure(F.livecell_groups(lc, seed=seed), lc, out / "livecell_groups")
+    cells = pd.concat([pd.read_parquet(p) for p in inputs["cells"]], ignore_index=True)
+    written += F.save_figure(F.morphometry_distributions(cells), cells, out / "morphometry")
+    return [str(p) for p in written]
