@@ -166,18 +166,22 @@ def evaluate_heldout(
         )
     ens = Ensemble(ensemble_tsv, inference)
 
+    first: dict = {}
+
     def items():
         for row in images.itertuples(index=False):
             ps = open_plate(row.store)
             truth = read_image(row.labels)
-            yield from _items(
-                ens,
-                ps.read(row.image_id),
-                truth,
-                pixel_size_um=ps.pixel_size_um,
-                instances=instances,
-                extra={"image": row.image_id, "plate": row.plate, "source": row.source},
-            )
+            image = ps.read(row.image_id)
+            extra = {"image": row.image_id, "plate": row.plate, "source": row.source}
+            for item in _items(
+                ens, image, truth, pixel_size_um=ps.pixel_size_um, instances=instances, extra=extra
+            ):
+                if item["model"] == ENSEMBLE and not first:
+                    first.update(
+                        image=image, pred=item["pred"], truth=item["truth"], name=row.image_id
+                    )
+                yield item
 
     df = evaluate_pairs(items(), total=len(images) * (len(ens.names) + 1))
     write_parquet(df, out_eval)
@@ -188,7 +192,9 @@ def evaluate_heldout(
     if overlay_stem:
         from .figures import overlay_counts, overlay_panel, save_figure
 
-        fig = overlay_panel(first["image"], first["pred"], first["truth"], title=f"ensemble: {first['name']}")
+        fig = overlay_panel(
+            first["image"], first["pred"], first["truth"], title=f"ensemble: {first['name']}"
+        )
         save_figure(fig, overlay_counts(first["pred"], first["truth"]), overlay_stem)
     return df
 
@@ -333,18 +339,20 @@ def make_figures(inputs: dict, out_dir: str, *, seed: int = 0) -> list[str]:
     written += F.save_figure(F.training_curves(hist), hist, out / "training_curves")
     abl = pd.read_parquet(inputs["ablation"])
     written += F.save_figure(F.ensemble_ablation(abl), abl, out / "ensemble_ablation")
-    from .selection import backbone_table
+    from .selection import backbone_table, read_histories
 
-    cards = {
-        Path(c).parent.parent.name + "/" + Path(c).parent.name: json.loads(Path(c).read_text())
-        for c in inputs["cards"]
-    }
-    params = {k: v.get("params", {}) for k, v in cards.items()}
-    bt = backbone_table(hist.rename(columns={"loss_fn": "loss_name"}), params)
-    written += F.save_figure(F.backbone_comparison(bt), bt, out / "backbone_comparison")
+    params = {}
+    for card in inputs["cards"]:
+        info = json.loads(Path(card).read_text()).get("params", {})
+        params[Path(card).parent.parent.name] = (info.get("total"), info.get("trainable"))
+    runs = read_histories([Path(h).parent for h in inputs["histories"]])
+    bt = backbone_table(runs, params)
+    fig = F.backbone_comparison(bt, value="final_val_f1", hue="loss", error="val_f1_std")
+    written += F.save_figure(fig, bt, out / "backbone_comparison")
     if inputs.get("livecell"):
         lc = pd.read_parquet(inputs["livecell"])
         written += F.save_figure(F.livecell_groups(lc, seed=seed), lc, out / "livecell_groups")
     cells = pd.concat([pd.read_parquet(p) for p in inputs["cells"]], ignore_index=True)
-    written += F.save_figure(F.morphometry_distributions(cells), cells, out / "morphometry")
+    fig = F.morphometry_distributions(cells, features=("area_um2", "circularity"), by="plate")
+    written += F.save_figure(fig, cells, out / "morphometry")
     return [str(p) for p in written]

@@ -328,24 +328,11 @@ def train_run(
             raise RuntimeError(f"training finished without writing {p}")
 
 
-def _histories(histories: list[str]) -> pd.DataFrame:
-    frames = []
-    for h in histories:
-        run_dir = Path(h).parent
-        df = pd.read_csv(h)
-        df["model"] = run_dir.parent.name
-        df["loss_name"] = run_dir.name
-        df["path"] = [str(run_dir / f"epoch_{int(e):02d}.keras") for e in df["epoch"]]
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True)
-
-
 def select_ensemble(histories: list[str], out_tsv: str, *, k: int, window: int = 1) -> None:
     """Rule ``select_checkpoints``: rank all epoch checkpoints, keep the top K."""
-    from .selection import select_checkpoints, write_ensemble_tsv
+    from .selection import read_histories, select_checkpoints, write_ensemble_tsv
 
-    df = _histories(histories).rename(columns={"loss": "train_loss"}).rename(columns={"loss_name": "loss"})
-    sel = select_checkpoints(df, k=k, window=window)
+    sel = select_checkpoints(read_histories([Path(h).parent for h in histories]), k=k, window=window)
     missing = [p for p in sel["path"] if not Path(p).is_file()]
     if missing:
         raise RuntimeError(f"selected checkpoints do not exist: {missing}")

@@ -1,0 +1,174 @@
+"""Keras U-Net models for brightfield / phase-contrast cell segmentation.
+
+Every model takes float32 images ``(B, H, W, 3)`` in [0, 1] (H, W divisible
+by 32), applies its encoder's ImageNet preprocessing inside the graph and
+returns sigmoid foreground probabilities ``(B, H, W, 1)`` in float32.
+
+Use :func:`build_model` with a name from :data:`ARCHITECTURES`:
+
+=========================== ===================================================
+``densenet121_unet``        Model-1, frozen DenseNet121, transposed-conv decoder
+``vgg16_attention_unet``    Model-2, frozen VGG16, attention-gated skips
+``vgg16_attention_ia_unet`` Model-3, frozen VGG16, attention + residual + IA
+``small_unet``              small from-scratch U-Net (CPU demo)
+``unet_<backbone>``         Table 1 backbone comparison (densenet121,
+                            inceptionv3, vgg16, mobilenetv2, resnet50,
+                            efficientnetb0)
+=========================== ===================================================
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable
+
+import keras
+
+from ..errors import InputError
+from .backbones import BACKBONES, imagenet_weights_file, keras_cache_dir, resolve_imagenet_weights
+from .blocks import ImageNetPreprocess, ResizeLike
+from .runtime import POLICIES, cpu_supports_bf16, load_checkpoint, set_keras_home, set_precision
+from .unet import (
+    backbone_unet,
+    densenet121_unet,
+    small_unet,
+    vgg16_attention_ia_unet,
+    vgg16_attention_unet,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ARCHITECTURES",
+    "BACKBONES",
+    "PAPER_PARAMS",
+    "POLICIES",
+    "ImageNetPreprocess",
+    "ResizeLike",
+    "backbone_unet",
+    "build_model",
+    "check_encoder_weights",
+    "count_params",
+    "cpu_supports_bf16",
+    "densenet121_unet",
+    "imagenet_weights_file",
+    "keras_cache_dir",
+    "load_checkpoint",
+    "param_table",
+    "set_keras_home",
+    "set_precision",
+    "small_unet",
+    "vgg16_attention_ia_unet",
+    "vgg16_attention_unet",
+]
+
+ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {
+    "densenet121_unet": densenet121_unet,
+    "vgg16_attention_unet": vgg16_attention_unet,
+    "vgg16_attention_ia_unet": vgg16_attention_ia_unet,
+    "small_unet": small_unet,
+    **{f"unet_{b}": functools.partial(backbone_unet, b) for b in BACKBONES},
+}
+
+#: Encoder backbone of each architecture (None: trained from scratch).
+ENCODERS: dict[str, str | None] = {
+    "densenet121_unet": "densenet121",
+    "vgg16_attention_unet": "vgg16",
+    "vgg16_attention_ia_unet": "vgg16",
+    "small_unet": None,
+    **{f"unet_{b}": b for b in BACKBONES},
+}
+
+#: Parameter counts reported in the paper (total, trainable).
+PAPER_PARAMS: dict[str, tuple[float, float]] = {
+    "densenet121_unet": (22.7e6, 15.7e6),
+    "vgg16_attention_unet": (18.8e6, 4.09e6),
+    "vgg16_attention_ia_unet": (28.85e6, 14.1e6),
+}
+
+
+def build_model(
+    name: str,
+    input_shape=(256, 256, 3),
+    encoder_weights: str | os.PathLike = "none",
+    **kwargs,
+) -> keras.Model:
+    """Build an architecture of :data:`ARCHITECTURES`.
+
+    Parameters
+    ----------
+    name : str
+        Registry key.
+    input_shape : tuple
+        ``(H, W, 3)``, H and W divisible by 32 (or None).
+    encoder_weights : {"none", "imagenet"} or path
+        See :mod:`brightseg.models.backbones`.
+    **kwargs
+        Passed to the builder (e.g. ``norm="instance"``, ``base_filters=8``,
+        ``allow_download=False``).
+    """
+    if name not in ARCHITECTURES:
+        raise InputError(
+            None, f"unknown architecture {name!r}; expected one of {list(ARCHITECTURES)}"
+        )
+    return ARCHITECTURES[name](input_shape=input_shape, encoder_weights=encoder_weights, **kwargs)
+
+
+def check_encoder_weights(
+    name: str, encoder_weights="imagenet", input_shape=(256, 256, 3), *, allow_download=True
+) -> None:
+    """Fail early (InputError) when an architecture's encoder weights are unavailable.
+
+    Cheap: resolves (and possibly downloads) the ImageNet file or checks that
+    a weights path exists, without building the model.
+    """
+    backbone = ENCODERS.get(name)
+    if backbone is None or encoder_weights in (None, "none"):
+        return
+    if encoder_weights == "imagenet":
+        resolve_imagenet_weights(backbone, input_shape, allow_download=allow_download)
+    elif not os.path.isfile(encoder_weights):
+        raise InputError(encoder_weights, "encoder weights file does not exist")
+
+
+def count_params(model: keras.Model) -> tuple[int, int]:
+    """(total, trainable) parameter counts; BN moving statistics count as non-trainable."""
+    trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
+    return int(model.count_params()), trainable
+
+
+def param_table(names=None, input_size: int = 256):
+    """Parameter counts of every architecture next to the paper's.
+
+    Built with ``input_shape=(input_size, input_size, 3)`` and random weights
+    (counts do not depend on the input size).  Columns ``name, total,
+    trainable, paper_total, paper_trainable`` (paper values NaN where the paper
+    reports none).
+
+    Gaps to the paper: the frozen encoders match Keras exactly (DenseNet121
+    notop 7.04 M, VGG16 notop 14.71 M, i.e. the paper's non-trainable parts);
+    the decoders are reconstructions from the text, with widths chosen to land
+    near the paper's trainable counts.  Remaining differences (a few percent)
+    come from details the paper does not give (attention-gate widths,
+    upsampling type, bias/BN placement).
+    """
+    import pandas as pd
+
+    rows = []
+    for name in names or ARCHITECTURES:
+        model = build_model(name, (input_size, input_size, 3), "none")
+        total, trainable = count_params(model)
+        paper = PAPER_PARAMS.get(name, (float("nan"), float("nan")))
+        rows.append(
+            {
+                "name": name,
+                "total": total,
+                "trainable": trainable,
+                "paper_total": paper[0],
+                "paper_trainable": paper[1],
+            }
+        )
+        del model
+    return pd.DataFrame(rows)
