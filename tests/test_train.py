@@ -266,3 +266,24 @@ def test_bench_train_tiny():
     assert row["pipeline_over_model"] == pytest.approx(
         row["pipeline_batches_per_s"] * row["step_s"]
     )
+
+
+def test_checkpoint_archive_is_byte_identical_and_loads(tmp_path):
+    import time
+
+    from brightseg.models import build_model, load_checkpoint
+    from brightseg.train import canonicalize_keras_archive
+
+    model = build_model("small_unet", input_shape=(32, 32, 3), base_filters=4)
+    paths = []
+    for i in range(2):
+        p = tmp_path / f"m{i}.keras"
+        model.save(p)
+        canonicalize_keras_archive(p)
+        paths.append(p)
+        time.sleep(1.1)  # a different save time
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    x = np.random.default_rng(0).random((1, 32, 32, 3), dtype=np.float32)
+    np.testing.assert_array_equal(
+        np.asarray(load_checkpoint(paths[0])(x)), np.asarray(model(x, training=False))
+    )

@@ -157,7 +157,9 @@ def read_image(path: str | os.PathLike, *, grey: bool = True) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         if grey:
             rgb = arr[..., :3]
-            if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+            if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(
+                rgb[..., 0], rgb[..., 2]
+            ):
                 arr = rgb[..., 0]
             else:
                 log.warning("%s: RGB image converted to luminance", path)

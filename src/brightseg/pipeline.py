@@ -229,7 +229,9 @@ def _training_pairs(stores: list[str], manifests: list[str]):
         in_store = set(store.images["image_id"])
         for row in ann.sort_values("stem").itertuples(index=False):
             if row.stem not in in_store:
-                log.warning("%s: %s has annotations but is not in the plate store", store_path, row.stem)
+                log.warning(
+                    "%s: %s has annotations but is not in the plate store", store_path, row.stem
+                )
                 continue
             mask = read_image(ann_dir / f"{row.stem}_mask.png")
             yield {
@@ -242,7 +244,13 @@ def _training_pairs(stores: list[str], manifests: list[str]):
 
 
 def build_training_set(
-    stores: list[str], manifests: list[str], out_zarr: str, out_manifest: str, *, training: dict, seed: int
+    stores: list[str],
+    manifests: list[str],
+    out_zarr: str,
+    out_manifest: str,
+    *,
+    training: dict,
+    seed: int,
 ) -> None:
     """Rule ``augment``: patches + 21 variants of every annotated training image into zarr."""
     from .augment import build_training_store
@@ -257,10 +265,14 @@ def build_training_set(
         n_variants=int(training.get("n_variants", 21)),
         seed=seed,
     )
-    log.info("training store: %d samples from %d source images", len(df), df["source_image"].nunique())
+    log.info(
+        "training store: %d samples from %d source images", len(df), df["source_image"].nunique()
+    )
 
 
-def split_training_set(manifest_in: str, manifest_out: str, summary_out: str, *, training: dict, seed: int) -> None:
+def split_training_set(
+    manifest_in: str, manifest_out: str, summary_out: str, *, training: dict, seed: int
+) -> None:
     """Rule ``split``: grouped, stratified train/validation split of the training store."""
     from .split import grouped_split, split_summary
 
@@ -280,7 +292,9 @@ def split_training_set(manifest_in: str, manifest_out: str, summary_out: str, *,
     log.info("split:\n%s", summary.to_string(index=False))
 
 
-def make_gallery_figure(stores: list[str], manifests: list[str], out_png: str, *, seed: int) -> None:
+def make_gallery_figure(
+    stores: list[str], manifests: list[str], out_png: str, *, seed: int
+) -> None:
     """Rule ``gallery``: the augmentation gallery (paper Fig. 2) from the first training image."""
     from .augment import make_gallery
 
@@ -292,8 +306,17 @@ def make_gallery_figure(stores: list[str], manifests: list[str], out_png: str, *
 
 
 def train_run(
-    store: str, manifest: str, history: str, card: str, *, model: str, loss: str, spec: dict, training: dict,
-    seed: int, keras_home: str | None = None,
+    store: str,
+    manifest: str,
+    history: str,
+    card: str,
+    *,
+    model: str,
+    loss: str,
+    spec: dict,
+    training: dict,
+    seed: int,
+    keras_home: str | None = None,
 ) -> None:
     """Rule ``train``: one (architecture, loss) run with a checkpoint per epoch."""
     from .models import set_keras_home
@@ -318,7 +341,9 @@ def train_run(
         seed=seed,
         deterministic=bool(training.get("deterministic", True)),
         precision=str(training.get("precision", "auto")),
-        encoder_weights=str(spec.get("encoder_weights", training.get("encoder_weights", "imagenet"))),
+        encoder_weights=str(
+            spec.get("encoder_weights", training.get("encoder_weights", "imagenet"))
+        ),
         steps_per_epoch=training.get("steps_per_epoch"),
         val_steps=training.get("val_steps"),
         model_kwargs=spec.get("model_kwargs") or {},
@@ -332,7 +357,9 @@ def select_ensemble(histories: list[str], out_tsv: str, *, k: int, window: int =
     """Rule ``select_checkpoints``: rank all epoch checkpoints, keep the top K."""
     from .selection import read_histories, select_checkpoints, write_ensemble_tsv
 
-    sel = select_checkpoints(read_histories([Path(h).parent for h in histories]), k=k, window=window)
+    sel = select_checkpoints(
+        read_histories([Path(h).parent for h in histories]), k=k, window=window
+    )
     missing = [p for p in sel["path"] if not Path(p).is_file()]
     if missing:
         raise RuntimeError(f"selected checkpoints do not exist: {missing}")
@@ -362,7 +389,9 @@ def predict_plate(store: str, ensemble_tsv: str, out_tsv: str, *, inference: dic
     write_text(summary.to_csv(sep="\t", index=False), out_tsv)
 
 
-def split_plate_instances(store: str, predictions: str, out_tsv: str, *, instances: dict, pixel_size_um: float) -> None:
+def split_plate_instances(
+    store: str, predictions: str, out_tsv: str, *, instances: dict, pixel_size_um: float
+) -> None:
     """Rule ``split_instances``: watershed of every predicted mask into the ``cells`` label."""
     from .instances import split_instances
     from .platestore import open_plate
@@ -402,7 +431,13 @@ def measure_plate(
 ) -> None:
     """Rule ``measure_cells``: per-cell morphometrics and per-image summaries of a plate."""
     from .io import write_png
-    from .morphometry import CellTableWriter, contour_overlay, measure_cells, summarise_image, write_image_table
+    from .morphometry import (
+        CellTableWriter,
+        contour_overlay,
+        measure_cells,
+        summarise_image,
+        write_image_table,
+    )
     from .platestore import open_plate
     from .progress import progress
 
@@ -428,7 +463,9 @@ def measure_plate(
             }
             cells = measure_cells(labels, image, pixel_size_um=ps.pixel_size_um, meta=meta)
             writer.write(cells)
-            summaries.append(summarise_image(cells, labels, pixel_size_um=ps.pixel_size_um, meta=meta))
+            summaries.append(
+                summarise_image(cells, labels, pixel_size_um=ps.pixel_size_um, meta=meta)
+            )
             if i < n_overlays:
                 write_png(contour_overlay(image, labels), Path(tmp_overlays) / f"{image_id}.png")
             if export.get("cellpose") or export.get("imagej_rois"):

@@ -229,3 +229,43 @@ def plate_images(
     if dup_ids:
         raise InputError(spec, f"plate {plate!r}: duplicate image stems {dup_ids[:4]}")
     return df.reset_index(drop=True), skipped
+
+
+def discover_plates(
+    pattern: str,
+    *,
+    modality: str = "brightfield",
+    pixel_size_um: float,
+    known: set[str] = frozenset(),
+) -> pd.DataFrame:
+    """Plates found by globbing directories: dropping a folder in is enough.
+
+    Each directory matching ``pattern`` becomes an unannotated plate whose id is the
+    directory name, unless the sheet already lists that id.
+
+    Returns
+    -------
+    DataFrame
+        Rows in the sheet's format (indexed by plate), sorted by plate id.
+    """
+    if modality not in MODALITIES:
+        raise InputError("config:plate_discovery.modality", f"unknown modality {modality!r}")
+    rows = []
+    for d in sorted(glob.glob(pattern)):
+        path = Path(d)
+        if not path.is_dir() or path.name in known or path.name.startswith("."):
+            continue
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", path.name):
+            raise InputError(path, "discovered plate directory name is not a valid plate id")
+        rows.append(
+            {
+                "plate": path.name,
+                "images": str(path),
+                "modality": modality,
+                "pixel_size_um": float(pixel_size_um),
+                "annotations": "",
+                "use_for_training": False,
+            }
+        )
+    df = pd.DataFrame(rows, columns=list(REQUIRED_COLUMNS))
+    return df.set_index("plate", drop=False)

@@ -41,6 +41,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 import threading
 import time
@@ -404,6 +405,46 @@ def make_dataset(data: PatchData, spec_source, size: int, cardinality: int | Non
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+# --------------------------------------------------------------------------- checkpoints
+_SHARED_ID = re.compile(r'"shared_object_id": (\d+)')
+
+
+def canonicalize_keras_archive(path: str | os.PathLike) -> None:
+    """Make a saved ``.keras`` file byte-identical for identical weights.
+
+    Keras writes the save time into ``metadata.json`` and the zip entries, and the
+    Python ``id()`` of shared dtype policies into ``config.json``.  The archive is
+    rewritten with a fixed ``date_saved`` and zip timestamps, and the shared-object
+    ids renumbered 1, 2, ... in order of appearance (the sharing is kept: equal ids
+    stay equal).  The weights file is copied unchanged.
+    """
+    import zipfile
+
+    path = Path(path)
+    with zipfile.ZipFile(path) as zin:
+        entries = [(info.filename, zin.read(info.filename)) for info in zin.infolist()]
+    ids: dict[str, str] = {}
+
+    def renumber(m: re.Match) -> str:
+        new = ids.setdefault(m.group(1), str(len(ids) + 1))
+        return f'"shared_object_id": {new}'
+
+    tmp = path.with_name(path.name + ".canon")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zout:
+        for name, data in entries:
+            if name == "metadata.json":
+                meta = json.loads(data)
+                meta["date_saved"] = "1980-01-01@00:00:00"
+                data = json.dumps(meta, sort_keys=True).encode()
+            elif name == "config.json":
+                data = _SHARED_ID.sub(renumber, data.decode()).encode()
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zout.writestr(info, data)
+    os.replace(tmp, path)
+
+
 # --------------------------------------------------------------------------- callbacks
 class _EpochCallback(keras.callbacks.Callback):
     """lr logging, atomic per-epoch checkpoints and history CSV, progress log."""
@@ -424,6 +465,7 @@ class _EpochCallback(keras.callbacks.Callback):
             self.model.optimizer = None
             with atomic_path(path) as tmp:
                 self.model.save(tmp)
+                canonicalize_keras_archive(tmp)
         finally:
             self.model.optimizer = optimizer
         row = {"epoch": epoch + 1}

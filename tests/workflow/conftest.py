@@ -34,16 +34,23 @@ def snakemake_env(extra: dict | None = None) -> dict:
     return env
 
 
-def run_snakemake(workdir: Path, *args: str, timeout: int = 1800, env: dict | None = None, check=True):
+def run_snakemake(
+    workdir: Path, *args: str, timeout: int = 1800, env: dict | None = None, check=True
+):
     """Run ``snakemake ARGS`` in ``workdir``; on failure show the tail of the output."""
     cmd = [str(BIN / "snakemake"), *args]
     proc = subprocess.run(
         cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=snakemake_env(env)
     )
     if check and proc.returncode != 0:
-        logs = "\n".join(
-            f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").rglob("*.log"))[-5:]
-        ) if (workdir / "logs").exists() else ""
+        logs = (
+            "\n".join(
+                f"--- {p}\n{p.read_text()[-3000:]}"
+                for p in sorted((workdir / "logs").rglob("*.log"))[-5:]
+            )
+            if (workdir / "logs").exists()
+            else ""
+        )
         pytest.fail(
             f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}\n{logs}"
         )

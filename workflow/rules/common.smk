@@ -12,6 +12,19 @@ SYNTH = config.get("demo", {}).get("synth", {}) or {}
 
 try:
     PLATES = bs_sheet.read_sheet(config["plates"])
+    if config.get("plate_discovery"):
+        _disc = config["plate_discovery"]
+        PLATES = pd.concat(
+            [
+                PLATES,
+                bs_sheet.discover_plates(
+                    _disc["pattern"],
+                    modality=_disc.get("modality", "brightfield"),
+                    pixel_size_um=_disc["pixel_size_um"],
+                    known=set(PLATES.index),
+                ),
+            ]
+        )
     REGEX = bs_sheet.compile_regex(config["filename_regex"])
     # Plates on disk are checked now, before any job runs: a missing directory, a regex
     # that matches nothing, or two images on one well/field/timepoint stop the run here.

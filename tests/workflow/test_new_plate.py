@@ -1,0 +1,110 @@
+"""A new plate arrives: only its own jobs and the aggregates run (issue: incremental reruns)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+
+import pytest
+import yaml
+
+from brightseg.synth import synth_plate
+
+from .conftest import run_snakemake
+
+pytestmark = [pytest.mark.workflow, pytest.mark.slow]
+
+PER_PLATE_AND_AGGREGATES = {
+    "correct_illumination": 1,
+    "predict": 1,
+    "split_instances": 1,
+    "measure_cells": 1,
+    "aggregate_tables": 1,
+    "skipped_report": 1,
+    "figures": 1,
+    "all": 1,
+}
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run as {rule: count}."""
+    table = output.split("Job stats:", 1)[1]
+    counts = {}
+    for line in table.splitlines()[3:]:
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def snapshot(root):
+    """sha256 and mtime of every file under results/ (the old plates' outputs)."""
+    out = {}
+    for p in sorted((root / "results").rglob("*")):
+        if p.is_file():
+            out[str(p.relative_to(root))] = (
+                hashlib.sha256(p.read_bytes()).hexdigest(),
+                p.stat().st_mtime_ns,
+            )
+    return out
+
+
+@pytest.fixture
+def demo_copy(demo_run, tmp_path):
+    dst = tmp_path / "work"
+    shutil.copytree(demo_run, dst, symlinks=True)
+    return dst
+
+
+def add_sheet_row(work, plate, images, annotations="", training="false"):
+    with open(work / "config/plates.tsv", "a") as fh:
+        fh.write(f"{plate}\t{images}\tbrightfield\t0.65\t{annotations}\t{training}\n")
+
+
+def test_new_unannotated_plate_runs_only_its_jobs(demo_copy):
+    work = demo_copy
+    synth_plate(
+        work / "incoming/demo4", "demo4", n_images=2, shape=(256, 256), seed=7, annotate=False
+    )
+    add_sheet_row(work, "demo4", "incoming/demo4/images")
+    dry = run_snakemake(work, "-n", "--cores", "2")
+    assert job_counts(dry.stdout) == PER_PLATE_AND_AGGREGATES
+
+    before = snapshot(work)
+    run_snakemake(work, "--cores", "2")
+    after = snapshot(work)
+    old_plates = [k for k in before if any(f"demo{i}" in k for i in (1, 2, 3))]
+    assert old_plates
+    changed = [k for k in old_plates if before[k] != after.get(k)]
+    assert changed == [], f"outputs of old plates were touched: {changed[:10]}"
+    assert (work / "results/tables/demo4/cells.parquet").is_file()
+    assert "Nothing to be done" in run_snakemake(work, "-n", "--cores", "2").stdout
+
+
+def test_discovered_plate_directory(demo_copy):
+    work = demo_copy
+    synth_plate(
+        work / "scratch/demo5", "demo5", n_images=2, shape=(256, 256), seed=8, annotate=False
+    )
+    (work / "incoming").mkdir()
+    shutil.move(str(work / "scratch/demo5/images"), work / "incoming/demo5")
+    extra = {"plate_discovery": {"pattern": "incoming/*", "pixel_size_um": 0.65}}
+    (work / "discover.yaml").write_text(yaml.safe_dump(extra))
+    dry = run_snakemake(
+        work, "-n", "--cores", "2", "--configfile", "config/config.yaml", "discover.yaml"
+    )
+    assert job_counts(dry.stdout) == PER_PLATE_AND_AGGREGATES
+    assert "demo5" in dry.stdout
+
+
+def test_new_training_plate_retrains(demo_copy):
+    work = demo_copy
+    synth_plate(work / "incoming/demo6", "demo6", n_images=2, shape=(256, 256), seed=9)
+    add_sheet_row(work, "demo6", "incoming/demo6/images", "incoming/demo6/cvat.xml", "true")
+    counts = job_counts(run_snakemake(work, "-n", "--cores", "2").stdout)
+    assert counts["train"] == 2
+    assert counts["augment"] == 1
+    assert counts["import_annotations"] == 1
+    assert counts["predict"] == 4  # a new ensemble predicts every plate again

@@ -1,0 +1,66 @@
+"""Kill and resume: SIGKILL in the middle of a run, rerun, same result (issue: reliability)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from .compare_runs import differing_files
+from .conftest import BIN, copy_workflow, run_snakemake, snakemake_env
+
+pytestmark = [pytest.mark.workflow, pytest.mark.slow]
+
+
+def wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
+    t0 = time.monotonic()
+    while not predicate():
+        if proc.poll() is not None:
+            pytest.fail(f"snakemake ended (rc {proc.returncode}) before the kill point")
+        if time.monotonic() - t0 > timeout:
+            pytest.fail("kill point not reached in time")
+        time.sleep(0.2)
+
+
+def test_kill_during_predict_and_resume(demo_run, tmp_path):
+    work = copy_workflow(tmp_path / "work")
+    # One job at a time, so the kill lands inside predict with earlier outputs complete.
+    proc = subprocess.Popen(
+        [str(BIN / "snakemake"), "--cores", "1"],
+        cwd=work,
+        env=snakemake_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    predict_log = work / "logs/predict"
+    try:
+        wait_for(lambda: predict_log.is_dir() and any(predict_log.iterdir()), 1500, proc)
+        time.sleep(3)  # inside the job: models loading or tiles being written
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    # What was complete before the kill.
+    done = {
+        p: p.stat().st_mtime_ns
+        for p in [
+            *(work / "results/annotations").rglob("manifest.parquet"),
+            *(work / "results/models").rglob("*.keras"),
+            work / "results/models/ensemble.tsv",
+            *(work / "results/plates").glob("*.ome.zarr/.snakemake_timestamp"),
+        ]
+        if p.exists()
+    }
+    assert work / "results/models/ensemble.tsv" in done
+    assert not (work / "results/tables/images.parquet").exists()
+
+    run_snakemake(work, "--unlock")
+    proc2 = run_snakemake(work, "--cores", "2")
+    out = proc2.stdout + proc2.stderr
+    assert "rule train:" not in out and "rule augment:" not in out
+    assert {p: p.stat().st_mtime_ns for p in done} == done
+    assert differing_files(demo_run, work) == []
