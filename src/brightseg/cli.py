@@ -282,15 +282,19 @@ def bench_train_cmd(size, batch, steps, architectures):
     """Per-model training step time (fp32, bf16) and input-pipeline throughput."""
     from .train import bench_train
 
-    r = bench_train(architectures=tuple(architectures), batch=batch, size=size, steps=steps)
-    summary = r.pop("summary", None) if isinstance(r, dict) else None
-    if summary is not None:
-        click.echo(
-            summary.to_string(index=False) if hasattr(summary, "to_string") else str(summary)
+    df = bench_train(architectures=tuple(architectures), batch=batch, size=size, steps=steps)
+    click.echo(df.to_string(index=False))
+    result = {"batch": batch, "size": size}
+    for row in df.itertuples(index=False):
+        tag = (
+            "bf16"
+            if "bfloat16" in row.precision
+            else ("fp16" if "float16" in row.precision else "fp32")
         )
-    for k, v in r.items():
-        click.echo(f"{k:>28}: {v}")
-    click.echo(_kv_line(r))
+        result[f"{row.architecture}_{tag}_step_s"] = float(row.step_s)
+    result["pipeline_batches_per_s"] = float(df["pipeline_batches_per_s"].iloc[0])
+    result["pipeline_over_model"] = float(df["pipeline_over_model"].min())
+    click.echo(_kv_line(result))
 
 
 @bench.command("dag")
