@@ -77,3 +77,15 @@ def test_bad_input_is_one_line_without_traceback(tmp_path):
     r = CliRunner().invoke(main, ["stats", "--input", str(tmp_path / "missing.csv"), "--column", "f1",
                                   "--baseline", "0.5", "--out", str(tmp_path / "x.json")])  # fmt: skip
     assert r.exit_code == 2 and "missing.csv" in r.output
+
+
+def test_benchmarks_end_with_a_key_value_line():
+    r = invoke("bench", "tophat", "--shape", 192, 256, "--radius", 12, "--repeats", 1)
+    assert r.exit_code == 0, r.output
+    last = r.output.strip().splitlines()[-1]
+    pairs = dict(tok.split("=", 1) for tok in last.split())
+    assert float(pairs["ratio"]) > 0 and 0 <= float(pairs["max_error_fraction"]) < 1
+    r = invoke("bench", "instances", "--shape", 256, 256, "--n", 12, "--repeats", 1)
+    assert r.exit_code == 0, r.output
+    pairs = dict(tok.split("=", 1) for tok in r.output.strip().splitlines()[-1].split())
+    assert {"ratio", "matched_f", "plain_matched_f"} <= set(pairs)

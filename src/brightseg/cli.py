@@ -27,14 +27,24 @@ def _handle_errors(func):
 
 
 def _kv_line(result: dict) -> str:
-    """The machine-readable last line of a benchmark: ``key=value`` pairs."""
+    """The machine-readable last line of a benchmark: ``key=value`` pairs.
+
+    Scalars only: tuples become ``AxB``, nested containers are left out, spaces are
+    replaced so that every pair stays one token.
+    """
 
     def fmt(v):
         if isinstance(v, float):
             return f"{v:.4g}"
-        return str(v)
+        if isinstance(v, tuple | list) and all(isinstance(x, int | float) for x in v):
+            return "x".join(str(x) for x in v)
+        return str(v).replace(" ", "_")
 
-    return " ".join(f"{k}={fmt(v)}" for k, v in result.items())
+    return " ".join(
+        f"{k}={fmt(v)}"
+        for k, v in result.items()
+        if not isinstance(v, dict) and not hasattr(v, "shape")
+    )
 
 
 @click.group()
