@@ -4,8 +4,8 @@ from brightseg.pipeline import log_to, make_gallery_figure
 
 with log_to(snakemake.log[0]):
     make_gallery_figure(
-        list(snakemake.input.stores),
-        list(snakemake.input.manifests),
+        snakemake.input.store,
+        snakemake.input.manifest,
         snakemake.output[0],
         seed=int(snakemake.params.seed),
     )

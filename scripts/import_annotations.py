@@ -11,4 +11,6 @@ with log_to(snakemake.log[0]):
         plate=snakemake.wildcards.plate,
         labels=snakemake.params.labels,
         on_bad_input=snakemake.params.on_bad_input,
+        mask_threshold=float(snakemake.params.mask_threshold),
+        mask_suffix=snakemake.params.mask_suffix,
     )

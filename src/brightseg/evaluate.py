@@ -122,6 +122,9 @@ def heldout_images(
     non-training plates. Columns plate, image_id, store, labels, source."""
     man = pd.read_parquet(training_manifest, columns=["source_image", "plate", "split"])
     val = man.loc[man["split"] == "val", ["plate", "source_image"]].drop_duplicates()
+    # Validation sources without a plate store (pre-tiled patch sets) have no full-size
+    # image to evaluate on: only plate images enter the held-out evaluation.
+    val = val[val["plate"].isin(list(stores))]
     rows = [
         {"plate": r.plate, "image_id": r.source_image, "source": "validation split"}
         for r in val.itertuples(index=False)

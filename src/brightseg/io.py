@@ -141,7 +141,13 @@ def read_image(path: str | os.PathLike, *, grey: bool = True) -> np.ndarray:
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            arr = tifffile.imread(path)
+            with tifffile.TiffFile(path) as tf:
+                if len(tf.pages) == 0:
+                    raise InputError(
+                        path, "cannot read image (TIFF holds no image: truncated or corrupt file)"
+                    )
+                _check_tiff_page(tf.pages[0], path)
+                arr = tf.asarray()
         else:
             from PIL import Image
 
@@ -165,10 +171,79 @@ def read_image(path: str | os.PathLike, *, grey: bool = True) -> np.ndarray:
                 log.warning("%s: RGB image converted to luminance", path)
                 lum = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
                 arr = np.round(lum).astype(rgb.dtype)
-    elif arr.ndim != 2:
+    if arr.size == 0:
+        raise InputError(path, "image has no pixels")
+    if arr.ndim != 2 and not (arr.ndim == 3 and arr.shape[-1] in (3, 4) and not grey):
         raise InputError(path, f"expected a 2-D image, got an array of shape {arr.shape}")
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise InputError(path, "image contains NaN or infinite values")
-    if arr.size == 0:
-        raise InputError(path, "image has no pixels")
     return arr
+
+
+def _check_tiff_page(page, path: Path) -> None:
+    """Check that a TIFF page's pixel data lies in the file and fills the image.
+
+    tifffile reads uncompressed strips by the size the header implies, so a file
+    whose header says 16-bit but whose strips hold 8-bit data (followed by other
+    bytes) would otherwise decode silently into garbage.
+    """
+    offsets = [int(o) for o in page.dataoffsets]
+    counts = [int(c) for c in page.databytecounts]
+    if not counts:
+        return
+    size = path.stat().st_size
+    end = max(o + c for o, c in zip(offsets, counts, strict=True))
+    if end > size:
+        raise InputError(
+            path,
+            f"cannot read image (file is truncated: the TIFF header places pixel data up "
+            f"to byte {end}, but the file has {size} bytes)",
+        )
+    bits = int(page.bitspersample)
+    if int(page.compression) != 1 or bits % 8 or page.dtype is None:
+        return
+    expected = int(np.prod(page.shape)) * (bits // 8)
+    if sum(counts) < expected:
+        h, w = int(page.imagelength), int(page.imagewidth)
+        raise InputError(
+            path,
+            f"cannot read image (TIFF header says {bits}-bit {w}x{h} x "
+            f"{int(page.samplesperpixel)} sample(s), {expected} bytes of pixel data, but its "
+            f"strips hold {sum(counts)} bytes: the header does not match the data, e.g. "
+            f"8-bit data tagged as {bits}-bit)",
+        )
+
+
+def warn_low_bit_depth(image: np.ndarray, path: str | os.PathLike) -> bool:
+    """Warn when a 16-bit image holds only 8-bit values (all pixels in 0..255).
+
+    Such a file (8-bit data saved in a 16-bit container) is readable and is used
+    as it is: the top-hat correction normalises by percentiles, so the scale of
+    the raw values does not matter, but 8 bits of depth may be all the camera
+    delivered, which the user should know.
+
+    Parameters
+    ----------
+    image : ndarray
+        The raw image, as :func:`read_image` returns it.
+    path : path-like
+        Its file, named in the warning.
+
+    Returns
+    -------
+    bool
+        True when the warning was logged.
+    """
+    if image.dtype not in (np.uint16, np.int16) or image.size == 0:
+        return False
+    lo, hi = int(image.min()), int(image.max())
+    if lo < 0 or hi > 255:
+        return False
+    log.warning(
+        "%s: 16-bit image holds only 8-bit values (%d..%d); used as is "
+        "(8-bit data saved as 16-bit?)",
+        path,
+        lo,
+        hi,
+    )
+    return True

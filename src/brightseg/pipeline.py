@@ -118,16 +118,37 @@ def import_annotations(
     plate: str,
     labels: list[str] | None,
     on_bad_input: str,
+    mask_threshold: float = 127,
+    mask_suffix: str = "",
 ) -> None:
-    """Rule ``import_annotations``: CVAT/COCO export -> label TIFFs, mask PNGs, manifest."""
-    from .cvat import import_cvat
+    """Rule ``import_annotations``: annotations -> label TIFFs, mask PNGs, manifest.
 
+    ``export`` is a CVAT export (XML, or CVAT's zip), a COCO JSON, or a folder of mask
+    images matched to the plate's images by file stem (``<stem><mask_suffix>.<ext>``;
+    binary 0/1 or 0/255, instance labels, RGB, JPEG binarised at ``mask_threshold``:
+    :func:`brightseg.byod.import_mask_annotations`).  Both write the same files.
+    """
     out_dir = Path(manifest).parent
-    _, skip_df = import_cvat(
-        export, images, out_dir, plate=plate, labels=labels, on_bad_input=on_bad_input
-    )
     if Path(manifest).resolve() != (out_dir / "manifest.parquet").resolve():
         raise ValueError(f"{manifest}: the manifest must be named manifest.parquet")
+    if Path(export).is_dir():
+        from .byod import import_mask_annotations
+
+        _, skip_df = import_mask_annotations(
+            export,
+            images,
+            out_dir,
+            plate=plate,
+            threshold=float(mask_threshold),
+            mask_suffix=mask_suffix or "",
+            on_bad_input=on_bad_input,
+        )
+    else:
+        from .cvat import import_cvat
+
+        _, skip_df = import_cvat(
+            export, images, out_dir, plate=plate, labels=labels, on_bad_input=on_bad_input
+        )
     rows = (
         list(skip_df[["file", "reason"]].itertuples(index=False, name=None)) if len(skip_df) else []
     )
@@ -156,7 +177,7 @@ def correct_plate(
     stays bounded by one image whatever the plate size.
     """
     from .illumination import correct_illumination, radius_to_px
-    from .io import read_image
+    from .io import read_image, warn_low_bit_depth
     from .platestore import write_plate
     from .sheet import compile_regex, plate_images
 
@@ -178,6 +199,7 @@ def correct_plate(
                 raise
             skip_rows.append((row.path, exc.message))
             continue
+        warn_low_bit_depth(img, row.path)
         shapes.setdefault(img.shape, row.path)
         good.append(row)
     if len(shapes) > 1:
@@ -252,11 +274,26 @@ def build_training_set(
     training: dict,
     seed: int,
 ) -> None:
-    """Rule ``augment``: patches + 21 variants of every annotated training image into zarr."""
-    from .augment import build_training_store
+    """Rule ``augment``: patches + 21 variants of every annotated training image into zarr.
 
+    ``training["patch_sets"]`` (resolved by :func:`brightseg.byod.resolve_patch_sets`) adds
+    pre-tiled image/mask patches after the plates' images.  A patch the size of
+    ``patch_size`` is one tile (a larger one is tiled, a smaller one padded); its manifest
+    rows get the image it was cut from as ``source_image``, the column the split groups by,
+    so all patches of one source image land on the same side of the split.
+    """
+    import itertools
+
+    from .augment import build_training_store
+    from .byod import group_by_source, patch_set_training_pairs, resolve_patch_sets
+
+    patch_sets = resolve_patch_sets(training.get("patch_sets") or [])
+    groups: dict[str, str] = {}
+    pairs = itertools.chain(
+        _training_pairs(stores, manifests), patch_set_training_pairs(patch_sets, groups=groups)
+    )
     df = build_training_store(
-        _training_pairs(stores, manifests),
+        pairs,
         out_zarr,
         out_manifest,
         patch_size=int(training.get("patch_size", 256)),
@@ -265,6 +302,18 @@ def build_training_set(
         n_variants=int(training.get("n_variants", 21)),
         seed=seed,
     )
+    if groups:
+        from .io import write_parquet
+
+        df = group_by_source(df, groups)
+        write_parquet(df, out_manifest)
+        from_sets = df["plate"].isin({s["plate"] for s in patch_sets})
+        log.info(
+            "patch sets: %d samples of %d pre-tiled patches grouped into %d source images",
+            int(from_sets.sum()),
+            len(groups),
+            df.loc[from_sets, "source_image"].nunique(),
+        )
     log.info(
         "training store: %d samples from %d source images", len(df), df["source_image"].nunique()
     )
@@ -292,14 +341,20 @@ def split_training_set(
     log.info("split:\n%s", summary.to_string(index=False))
 
 
-def make_gallery_figure(
-    stores: list[str], manifests: list[str], out_png: str, *, seed: int
-) -> None:
-    """Rule ``gallery``: the augmentation gallery (paper Fig. 2) from the first training image."""
-    from .augment import make_gallery
+def make_gallery_figure(store: str, manifest: str, out_png: str, *, seed: int) -> None:
+    """Rule ``gallery``: the augmentation gallery (paper Fig. 2) from the first training patch.
 
-    first = next(_training_pairs(stores, manifests))
-    make_gallery(first["image"], first["mask"], out_png, seed=seed)
+    The untouched variant (0) of the first patch of the training store: it exists whether
+    the training data came from plates or from pre-tiled patch sets.
+    """
+    from .augment import make_gallery, open_training_store
+
+    man = pd.read_parquet(manifest)
+    first = man[man["variant"] == 0].sort_values("patch_id").iloc[0]
+    images, masks = open_training_store(store)
+    idx = int(first["index"])
+    image = images[idx][..., 0].astype("float32") / 255.0
+    make_gallery(image, (masks[idx] > 0).astype("uint8"), out_png, seed=seed, size=image.shape[0])
 
 
 # --- training ------------------------------------------------------------------------------

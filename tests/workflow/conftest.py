@@ -25,9 +25,34 @@ def copy_workflow(dst: Path) -> Path:
     return dst
 
 
-def snakemake_env(extra: dict | None = None) -> dict:
+_SHIM: Path | None = None
+
+
+def _scontrol_shim() -> Path:
+    """A directory with an ``scontrol`` that fails at once.
+
+    Snakemake imports its Slurm executor plugin at start-up, which runs ``scontrol show
+    config`` with a 10 s timeout; where Slurm's tools are installed but no controller
+    answers, every local run would wait those 10 s.
+    """
+    global _SHIM
+    if _SHIM is None:
+        import tempfile
+
+        _SHIM = Path(tempfile.mkdtemp(prefix="brightseg-shim-"))
+        fake = _SHIM / "scontrol"
+        fake.write_text("#!/bin/sh\nexit 1\n")
+        fake.chmod(0o755)
+    return _SHIM
+
+
+def snakemake_env(extra: dict | None = None, *, slurm: bool = False) -> dict:
+    """Environment for a workflow run: the venv first on PATH; for local runs (not
+    ``slurm``) a failing ``scontrol`` shim first of all."""
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    if not slurm:
+        env["PATH"] = f"{_scontrol_shim()}{os.pathsep}{env['PATH']}"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     env.update(extra or {})

@@ -1,7 +1,11 @@
+import logging
+from pathlib import Path
+
 import pandas as pd
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from brightseg import cvat as bs_cvat
 from brightseg import sheet as bs_sheet
 from brightseg.errors import InputError
 
@@ -37,6 +41,23 @@ try:
                 sheet_path=config["plates"],
                 on_bad_input=ON_BAD_INPUT,
             )
+    # Annotation exports on disk are parsed now too: a malformed XML (or, under
+    # on_bad_input: error, a COCO annotation naming a missing image) stops the run here.
+    # (The import job logs the skipped-shape counts; they are not repeated at every parse.)
+    _cvat_log = logging.getLogger("brightseg.cvat")
+    _cvat_level = _cvat_log.level
+    _cvat_log.setLevel(logging.ERROR)
+    try:
+        for _plate, _row in PLATES.iterrows():
+            _ann = _row["annotations"]
+            if _ann and _plate not in SYNTH and not Path(_ann).is_dir():
+                bs_cvat.load_annotations(
+                    _ann,
+                    labels=(config.get("annotations", {}) or {}).get("labels"),
+                    on_bad_input=ON_BAD_INPUT,
+                )
+    finally:
+        _cvat_log.setLevel(_cvat_level)
 except InputError as exc:
     raise WorkflowError(f"brightseg: bad input: {exc}")
 
@@ -82,11 +103,6 @@ def _model_runs():
 
 
 MODEL_RUNS, MODEL_SPECS = _model_runs()
-
-if TRAINING == [] and len(MODEL_RUNS):
-    raise WorkflowError(
-        f"{config['plates']}: no plate has use_for_training, but config lists models to train"
-    )
 
 
 LIVECELL = config.get("livecell", {}) or {}
@@ -143,4 +159,86 @@ def all_targets():
         targets += expand("results/figures/{name}.png", name=FIGURES)
         if LIVECELL_ON:
             targets.append("results/tables/livecell/ap.md")
+        targets += evalset_targets()
     return targets
+
+
+# --- Bring your own data (issue #8): mask folders, patch sets, evaluation sets -------------
+
+from brightseg import byod as bs_byod
+
+ANNOTATIONS_CFG = config.get("annotations", {}) or {}
+MASK_THRESHOLD = float(ANNOTATIONS_CFG.get("mask_threshold", 127))
+MASK_SUFFIX = str(ANNOTATIONS_CFG.get("mask_suffix", "") or "")
+COMPARISON = config.get("comparison", {}) or {}
+DEMO_EVALSET = (config.get("demo", {}) or {}).get("evalset")
+EVALSET_SYNTH_DIR = "results/demo/evalset"
+OTSU_BASELINE_DIR = "results/evalsets/{evalset}/otsu"
+
+try:
+    PATCH_SETS = bs_byod.resolve_patch_sets(
+        config.get("training", {}).get("patch_sets") or [],
+        illumination=config["illumination"],
+        mask_threshold=MASK_THRESHOLD,
+        on_bad_input=ON_BAD_INPUT,
+    )
+    _evalset_names = [s.get("name") for s in config.get("evaluation_sets") or []]
+    EVALSETS = bs_byod.resolve_evaluation_sets(
+        config.get("evaluation_sets") or [],
+        synth_dir=EVALSET_SYNTH_DIR,
+        produced=[OTSU_BASELINE_DIR.format(evalset=n) for n in _evalset_names],
+    )
+except InputError as exc:
+    raise WorkflowError(f"brightseg: bad input: {exc}")
+
+if any(s["synth"] for s in EVALSETS.values()) and not DEMO_EVALSET:
+    raise WorkflowError(
+        "evaluation_sets: an entry has synth: true but config has no demo.evalset"
+    )
+
+
+def augment_training_params():
+    """The training block, with the resolved patch sets when there are any."""
+    if not PATCH_SETS:
+        return config["training"]
+    return dict(config["training"], patch_sets=PATCH_SETS)
+
+
+def _evalset(wildcards):
+    try:
+        return EVALSETS[wildcards.evalset]
+    except KeyError:
+        raise WorkflowError(
+            f"no evaluation set {wildcards.evalset!r} in config evaluation_sets"
+        )
+
+
+def evalset_images_input(wildcards):
+    """Images of an evaluation set: the synthetic set's folder (demo), or the folder on disk."""
+    spec = _evalset(wildcards)
+    return EVALSET_SYNTH_DIR if spec["synth"] else spec["images"]
+
+
+def evalset_compare_input(wildcards):
+    spec = _evalset(wildcards)
+    data = [EVALSET_SYNTH_DIR] if spec["synth"] else [spec["images"], spec["masks"]]
+    return {
+        "ensemble": "results/models/ensemble.tsv",
+        "data": data,
+        "baselines": list(spec["baselines"].values()),
+    }
+
+
+def evalset_targets():
+    return [
+        f"results/tables/evalsets/{name}/{leaf}"
+        for name in EVALSETS
+        for leaf in ("per_image.parquet", "table2.md", "paired.md")
+    ]
+
+
+if not TRAINING and not PATCH_SETS and len(MODEL_RUNS):
+    raise WorkflowError(
+        f"{config['plates']}: no plate has use_for_training and no training.patch_sets are "
+        "given, but config lists models to train"
+    )

@@ -18,6 +18,8 @@ rule import_annotations:
         images=plate_param("images"),
         labels=config.get("annotations", {}).get("labels", ["cell"]),
         on_bad_input=ON_BAD_INPUT,
+        mask_threshold=MASK_THRESHOLD,
+        mask_suffix=MASK_SUFFIX,
     script:
         "../../scripts/import_annotations.py"
 

@@ -5,6 +5,8 @@ rule augment:
     input:
         stores=expand("results/plates/{plate}.ome.zarr", plate=TRAINING),
         manifests=expand("results/annotations/{plate}/manifest.parquet", plate=TRAINING),
+        patch_images=[s["images"] for s in PATCH_SETS],
+        patch_masks=[s["masks"] for s in PATCH_SETS],
     output:
         store=directory("results/training/patches.zarr"),
         manifest="results/training/manifest_unsplit.parquet",
@@ -15,7 +17,7 @@ rule augment:
     conda:
         "../../envs/augment.yaml"
     params:
-        training=config["training"],
+        training=augment_training_params(),
         seed=config.get("seed", 0),
     script:
         "../../scripts/augment.py"
@@ -44,8 +46,8 @@ rule split:
 
 rule gallery:
     input:
-        stores=expand("results/plates/{plate}.ome.zarr", plate=TRAINING),
-        manifests=expand("results/annotations/{plate}/manifest.parquet", plate=TRAINING),
+        store="results/training/patches.zarr",
+        manifest="results/training/manifest.parquet",
     output:
         report(
             "results/training/gallery.png",
