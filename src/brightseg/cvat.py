@@ -253,7 +253,19 @@ def _coco_string_total(counts: str | bytes) -> int:
 
     pycocotools decodes the string but does not check that the runs fill the
     image (a short RLE leaves memory uninitialised), so the total is checked
-    first.  This follows pycocotools' ``rleFrString`` exactly.
+    first.
+    """
+    return sum(coco_string_runs(counts))
+
+
+def coco_string_runs(counts: str | bytes) -> list[int]:
+    """Run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``).
+
+    Raises
+    ------
+    InputError
+        A string that ends inside a value, has a character outside the alphabet or
+        decodes to a negative run.
     """
     s = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
     runs: list[int] = []
@@ -277,7 +289,7 @@ def _coco_string_total(counts: str | bytes) -> int:
         if x < 0:
             raise InputError(None, "compressed RLE string decodes to a negative run length")
         runs.append(x)
-    return sum(runs)
+    return runs
 
 
 def _decode_cropped(rle: dict) -> tuple[np.ndarray, tuple[int, int]]:

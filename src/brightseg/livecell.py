@@ -233,23 +233,9 @@ def coco_from_annotations(data: dict):
 
 def _rle_counts(counts: bytes | str) -> np.ndarray:
     """Run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``)."""
-    s = counts.encode("ascii") if isinstance(counts, str) else counts
-    out: list[int] = []
-    p, n = 0, len(s)
-    while p < n:
-        x, k, more = 0, 0, True
-        while more:
-            c = s[p] - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(out) > 2:
-            x += out[-2]
-        out.append(x)
-    return np.asarray(out, dtype=np.int64)
+    from .cvat import coco_string_runs
+
+    return np.asarray(coco_string_runs(counts), dtype=np.int64)
 
 
 def _rle_foreground(rle: dict) -> np.ndarray:

@@ -75,6 +75,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .cvat import MANIFEST_COLUMNS as _CVAT_MANIFEST_COLUMNS
 from .errors import InputError
 from .io import IMAGE_SUFFIXES, read_image, write_parquet, write_png, write_tiff
 from .progress import progress
@@ -95,17 +96,8 @@ __all__ = [
     "grouped_patch_split",
 ]
 
-#: Columns of ``manifest.parquet`` (identical to :data:`brightseg.cvat.MANIFEST_COLUMNS`).
-MANIFEST_COLUMNS = (
-    "image",
-    "stem",
-    "plate",
-    "n_cells",
-    "foreground_fraction",
-    "width",
-    "height",
-    "source_format",
-)
+#: Columns of ``manifest.parquet``: the CVAT import's, so downstream cannot tell them apart.
+MANIFEST_COLUMNS = _CVAT_MANIFEST_COLUMNS
 
 #: Columns of the table returned by :func:`load_patch_set`.
 PATCH_COLUMNS = (

@@ -323,22 +323,17 @@ def split_training_set(
     manifest_in: str, manifest_out: str, summary_out: str, *, training: dict, seed: int
 ) -> None:
     """Rule ``split``: grouped, stratified train/validation split of the training store."""
-    from .split import grouped_split, split_summary
+    from .split import apply_split, split_summary
 
-    df = pd.read_parquet(manifest_in)
-    df["split"] = grouped_split(
-        df,
-        group_col="source_image",
-        strata_col="modality",
+    df = apply_split(
+        manifest_in,
+        manifest_out,
         val_fraction=float(training.get("val_fraction", 0.2)),
         seed=seed,
-    ).to_numpy()
-    from .io import write_parquet
-
-    write_parquet(df, manifest_out)
-    summary = split_summary(df)
-    write_text(summary.to_csv(sep="\t", index=False), summary_out)
-    log.info("split:\n%s", summary.to_string(index=False))
+        group_col="source_image",
+        strata_col="modality",
+    )
+    write_text(split_summary(df).to_csv(sep="\t", index=False), summary_out)
 
 
 def make_gallery_figure(store: str, manifest: str, out_png: str, *, seed: int) -> None:
