@@ -33,7 +33,7 @@ def job_counts(output: str) -> dict[str, int]:
     counts = {}
     for line in table.splitlines()[3:]:
         m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if not m:
+        if not m or m.group(1) == "total":
             break
         counts[m.group(1)] = int(m.group(2))
     return counts

@@ -22,6 +22,8 @@ GPU_RULES = {"train", "predict", "evaluate", "livecell_predict"}
 
 @pytest.fixture(scope="module")
 def slurm_cluster():
+    if os.environ.get("BRIGHTSEG_SLURM_TESTS") != "1":
+        pytest.skip("set BRIGHTSEG_SLURM_TESTS=1 to run the real-Slurm test (see issue note)")
     if os.geteuid() != 0:
         pytest.skip("starting slurmctld/slurmd needs root")
     proc = subprocess.run(
