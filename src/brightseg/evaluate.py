@@ -17,6 +17,7 @@ import pandas as pd
 
 from .errors import InputError
 from .io import read_image, write_parquet, write_text
+from .pipeline import split_with_config
 
 log = logging.getLogger(__name__)
 
@@ -64,20 +65,6 @@ class Ensemble:
         return probs, prob, mask
 
 
-def _split(mask: np.ndarray, pixel_size_um: float, instances: dict) -> np.ndarray:
-    from .instances import split_instances
-
-    return split_instances(
-        mask,
-        pixel_size_um=pixel_size_um,
-        h_um=instances.get("h_um"),
-        min_area_um2=float(instances.get("min_area_um2", 20.0)),
-        max_area_um2=instances.get("max_area_um2"),
-        fill_holes=bool(instances.get("fill_holes", True)),
-        remove_border=bool(instances.get("remove_border", False)),
-    )
-
-
 def _items(
     ens: Ensemble,
     image: np.ndarray,
@@ -98,7 +85,7 @@ def _items(
             pred=m,
             truth=truth,
             prob=p,
-            pred_labels=_split(m, pixel_size_um, instances),
+            pred_labels=split_with_config(m, pixel_size_um, instances),
             true_labels=truth_labels,
         )
     yield dict(
@@ -107,7 +94,7 @@ def _items(
         pred=mask,
         truth=truth,
         prob=prob,
-        pred_labels=_split(mask, pixel_size_um, instances),
+        pred_labels=split_with_config(mask, pixel_size_um, instances),
         true_labels=truth_labels,
     )
 

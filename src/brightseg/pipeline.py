@@ -439,11 +439,26 @@ def predict_plate(store: str, ensemble_tsv: str, out_tsv: str, *, inference: dic
     write_text(summary.to_csv(sep="\t", index=False), out_tsv)
 
 
+def split_with_config(mask, pixel_size_um: float, instances: dict, *, prob=None):
+    """Watershed instance splitting with the config's ``instances`` block."""
+    from .instances import split_instances
+
+    return split_instances(
+        mask,
+        pixel_size_um=pixel_size_um,
+        h_um=instances.get("h_um"),
+        min_area_um2=float(instances.get("min_area_um2", 20.0)),
+        max_area_um2=instances.get("max_area_um2"),
+        prob=prob,
+        fill_holes=bool(instances.get("fill_holes", True)),
+        remove_border=bool(instances.get("remove_border", False)),
+    )
+
+
 def split_plate_instances(
     store: str, predictions: str, out_tsv: str, *, instances: dict, pixel_size_um: float
 ) -> None:
     """Rule ``split_instances``: watershed of every predicted mask into the ``cells`` label."""
-    from .instances import split_instances
     from .platestore import open_plate
     from .progress import progress
 
@@ -454,15 +469,11 @@ def split_plate_instances(
     for image_id in progress(list(pred["image_id"]), desc=f"split_instances {ps.plate}"):
         mask = ps.read_label(image_id, "mask")
         prob = ps.read_label(image_id, "prob") if use_prob else None
-        labels = split_instances(
+        labels = split_with_config(
             mask,
-            pixel_size_um=pixel_size_um,
-            h_um=instances.get("h_um"),
-            min_area_um2=float(instances.get("min_area_um2", 20.0)),
-            max_area_um2=instances.get("max_area_um2"),
+            pixel_size_um,
+            instances,
             prob=None if prob is None else prob.astype("float32") / 255.0,
-            fill_holes=bool(instances.get("fill_holes", True)),
-            remove_border=bool(instances.get("remove_border", False)),
         )
         ps.write_label(image_id, "cells", labels)
         rows.append({"image_id": image_id, "n_cells": int(labels.max())})
