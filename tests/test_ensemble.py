@@ -10,17 +10,14 @@ import pytest
 
 from brightseg import ensemble
 from brightseg.ensemble import (
-    blend_window,
     make_predictor,
     predict_image,
     predict_image_voted,
     predict_plate,
     read_ensemble,
-    tile_grid,
-    tta_transforms,
-    vote,
 )
 from brightseg.errors import InputError
+from brightseg.tiling import WINDOW_FLOOR, blend_window, tile_grid, tta_transforms, vote
 
 # --------------------------------------------------------------------------- helpers
 
@@ -155,7 +152,7 @@ def test_blend_window_ramps_sum_to_one():
     # hand value: first pixel = sin^2(pi/2 * 0.5/16)
     assert prof[0] == pytest.approx(np.sin(np.pi / 64) ** 2, rel=1e-5)
     wf = blend_window(tile, overlap)
-    assert wf.min() >= ensemble.WINDOW_FLOOR**2 * 0.99 and wf.max() == pytest.approx(1.0)
+    assert wf.min() >= WINDOW_FLOOR**2 * 0.99 and wf.max() == pytest.approx(1.0)
     np.testing.assert_array_equal(blend_window(32, 0), np.ones((32, 32), np.float32))
 
 

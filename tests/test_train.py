@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import zarr
 
+from brightseg.bench.train import bench_train
 from brightseg.errors import InputError
 from brightseg.models import load_checkpoint
 from brightseg.train import (
@@ -18,7 +19,6 @@ from brightseg.train import (
     ConfusionMetric,
     PatchData,
     _Sampler,
-    bench_train,
     make_dataset,
     mining_weights,
     train_model,

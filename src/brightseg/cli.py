@@ -266,7 +266,7 @@ def bench_instances_cmd(shape, n, repeats):
 @click.option("--batch-size", default=8, show_default=True)
 def bench_ensemble_cmd(n_images, shape, n_models, tile, overlap, batch_size):
     """Raw forward vs zarr-to-zarr predict vs the paper's per-image predict-and-stitch."""
-    from .ensemble import bench_ensemble
+    from .bench.ensemble import bench_ensemble
 
     r = bench_ensemble(
         n_images=n_images,
@@ -290,7 +290,7 @@ def bench_ensemble_cmd(n_images, shape, n_models, tile, overlap, batch_size):
 )
 def bench_train_cmd(size, batch, steps, architectures):
     """Per-model training step time (fp32, bf16) and input-pipeline throughput."""
-    from .train import bench_train
+    from .bench.train import bench_train
 
     df = bench_train(architectures=tuple(architectures), batch=batch, size=size, steps=steps)
     click.echo(df.to_string(index=False))
@@ -312,7 +312,7 @@ def bench_train_cmd(size, batch, steps, architectures):
 @click.option("--workdir", default=None, type=click.Path(file_okay=False))
 def bench_dag_cmd(n_plates, workdir):
     """Time ``snakemake -n`` on a sheet of N small synthetic plates."""
-    from .benchdag import bench_dag
+    from .bench.dag import bench_dag
 
     r = bench_dag(n_plates, workdir=Path(workdir) if workdir else None)
     click.echo(_kv_line(r))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from brightseg.benchdag import bench_dag
+from brightseg.bench.dag import bench_dag
 
 pytestmark = [pytest.mark.workflow]
 

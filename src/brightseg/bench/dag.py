@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .io import write_tiff
+from ..io import write_tiff
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def make_plates(root: Path, n_plates: int, *, images_per_plate: int = 2, seed: int = 0) -> Path:
