@@ -1,9 +1,10 @@
 """Rule correct_illumination: top-hat correction of a plate into its OME-Zarr store."""
 
-from brightseg.pipeline import correct_plate, log_to
+from brightseg.rules import log_to
+from brightseg.rules.preprocess import correct_illumination
 
 with log_to(snakemake.log[0]):
-    correct_plate(
+    correct_illumination(
         snakemake.params.images,
         snakemake.output.store,
         snakemake.output.skipped,

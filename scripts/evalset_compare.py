@@ -1,10 +1,10 @@
 """Rule evalset_compare: ensemble, checkpoints and baselines on an evaluation set (Table 2)."""
 
-from brightseg.byod import evaluate_set
-from brightseg.pipeline import log_to
+from brightseg.rules import log_to
+from brightseg.rules.evalsets import evalset_compare
 
 with log_to(snakemake.log[0]):
-    evaluate_set(
+    evalset_compare(
         snakemake.input.ensemble,
         dict(snakemake.params.spec),
         {key: str(snakemake.output[key]) for key in snakemake.output.keys()},

@@ -1,12 +1,12 @@
-"""Rule evaluate: per-image metrics of every checkpoint and the ensemble on held-out images."""
+"""Rule evaluate: held-out metrics of every checkpoint and the ensemble; ablation."""
 
 from pathlib import Path
 
-from brightseg.evaluate import evaluate_heldout
-from brightseg.pipeline import log_to
+from brightseg.rules import log_to
+from brightseg.rules.evaluation import evaluate
 
 with log_to(snakemake.log[0]):
-    evaluate_heldout(
+    evaluate(
         snakemake.input.ensemble,
         snakemake.input.training,
         dict(snakemake.params.stores),

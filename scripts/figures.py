@@ -2,11 +2,11 @@
 
 from pathlib import Path
 
-from brightseg.evaluate import make_figures
-from brightseg.pipeline import log_to
+from brightseg.rules import log_to
+from brightseg.rules.evaluation import figures
 
 with log_to(snakemake.log[0]):
-    written = make_figures(
+    written = figures(
         {key: value for key, value in snakemake.input.items()},
         str(Path(snakemake.output[0]).parent),
         seed=int(snakemake.params.seed),

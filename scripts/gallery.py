@@ -1,9 +1,10 @@
-"""Rule gallery: the augmentation gallery figure."""
+"""Rule gallery: the augmentation gallery (paper Fig. 2)."""
 
-from brightseg.pipeline import log_to, make_gallery_figure
+from brightseg.rules import log_to
+from brightseg.rules.training import gallery
 
 with log_to(snakemake.log[0]):
-    make_gallery_figure(
+    gallery(
         snakemake.input.store,
         snakemake.input.manifest,
         snakemake.output[0],

@@ -1,6 +1,7 @@
-"""Rule import_annotations: CVAT/COCO export -> instance labels, masks, manifest."""
+"""Rule import_annotations: CVAT/COCO export or mask folder -> instance labels, masks, manifest."""
 
-from brightseg.pipeline import import_annotations, log_to
+from brightseg.rules import log_to
+from brightseg.rules.preprocess import import_annotations
 
 with log_to(snakemake.log[0]):
     import_annotations(
@@ -9,8 +10,6 @@ with log_to(snakemake.log[0]):
         snakemake.output.manifest,
         snakemake.output.skipped,
         plate=snakemake.wildcards.plate,
-        labels=snakemake.params.labels,
+        annotations=dict(snakemake.params.annotations),
         on_bad_input=snakemake.params.on_bad_input,
-        mask_threshold=float(snakemake.params.mask_threshold),
-        mask_suffix=snakemake.params.mask_suffix,
     )

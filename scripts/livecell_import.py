@@ -1,7 +1,7 @@
-"""Rule livecell_import: LIVECell COCO annotations -> label images, masks, index, QC."""
+"""Rule livecell_import: LIVECell COCO JSON -> label images, index, QC table."""
 
-from brightseg.evaluate import livecell_import
-from brightseg.pipeline import log_to
+from brightseg.rules import log_to
+from brightseg.rules.evaluation import livecell_import
 
 with log_to(snakemake.log[0]):
     livecell_import(

@@ -1,7 +1,7 @@
 """Rule livecell_predict: the ensemble on every LIVECell image; metrics and COCO AP."""
 
-from brightseg.evaluate import livecell_predict
-from brightseg.pipeline import log_to
+from brightseg.rules import log_to
+from brightseg.rules.evaluation import livecell_predict
 
 with log_to(snakemake.log[0]):
     livecell_predict(

@@ -1,7 +1,7 @@
-"""Rule livecell_report: paper Tables 3/4 (groups), 5 (summary) and AP per cell line."""
+"""Rule livecell_report: LIVECell tables (groups, summary, AP against the published values)."""
 
-from brightseg.evaluate import livecell_report
-from brightseg.pipeline import log_to
+from brightseg.rules import log_to
+from brightseg.rules.evaluation import livecell_report
 
 with log_to(snakemake.log[0]):
     livecell_report(

@@ -1,14 +1,15 @@
 """Rule measure_cells: per-cell morphometrics of one plate."""
 
-from brightseg.pipeline import log_to, measure_plate
+from brightseg.rules import log_to
+from brightseg.rules.inference import measure_cells
 
 with log_to(snakemake.log[0]):
-    measure_plate(
+    measure_cells(
         snakemake.input.store,
         snakemake.input.instances,
         snakemake.output.cells,
         snakemake.output.images,
         snakemake.output.overlays,
-        n_overlays=int(snakemake.params.n_overlays),
-        export=dict(snakemake.params.export),
+        snakemake.output.exports,
+        morphometry=dict(snakemake.params.morphometry),
     )

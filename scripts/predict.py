@@ -1,11 +1,13 @@
 """Rule predict: ensemble inference over one plate's OME-Zarr store."""
 
-from brightseg.pipeline import log_to, predict_plate
+from brightseg.rules import log_to
+from brightseg.rules.inference import predict
 
 with log_to(snakemake.log[0]):
-    predict_plate(
+    predict(
         snakemake.input.store,
         snakemake.input.ensemble,
-        snakemake.output[0],
+        snakemake.output.labels,
+        snakemake.output.summary,
         inference=dict(snakemake.params.inference),
     )

@@ -1,11 +1,11 @@
-"""Rule select_checkpoints: the top-K epoch checkpoints that vote in the ensemble."""
+"""Rule select_checkpoints: rank every epoch checkpoint, keep the top K for the ensemble."""
 
-from brightseg.pipeline import log_to, select_ensemble
+from brightseg.rules import log_to
+from brightseg.rules.training import select_checkpoints
 
 with log_to(snakemake.log[0]):
-    select_ensemble(
-        list(snakemake.input),
+    select_checkpoints(
+        list(snakemake.input.histories),
         snakemake.output[0],
-        k=int(snakemake.params.k),
-        window=int(snakemake.params.window),
+        ensemble=dict(snakemake.params.ensemble),
     )

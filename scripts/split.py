@@ -1,12 +1,13 @@
 """Rule split: grouped, stratified train/validation split."""
 
-from brightseg.pipeline import log_to, split_training_set
+from brightseg.rules import log_to
+from brightseg.rules.training import split
 
 with log_to(snakemake.log[0]):
-    split_training_set(
+    split(
         snakemake.input[0],
         snakemake.output.manifest,
         snakemake.output.summary,
-        training=dict(snakemake.params.training),
+        val_fraction=float(snakemake.params.val_fraction),
         seed=int(snakemake.params.seed),
     )

@@ -1,12 +1,14 @@
-"""Rule split_instances: watershed instance splitting of one plate's masks."""
+"""Rule split_instances: watershed of every predicted mask of a plate into cells."""
 
-from brightseg.pipeline import log_to, split_plate_instances
+from brightseg.rules import log_to
+from brightseg.rules.inference import split_instances
 
 with log_to(snakemake.log[0]):
-    split_plate_instances(
+    split_instances(
         snakemake.input.store,
         snakemake.input.predictions,
-        snakemake.output[0],
+        snakemake.output.labels,
+        snakemake.output.summary,
         instances=dict(snakemake.params.instances),
         pixel_size_um=float(snakemake.params.pixel_size_um),
     )

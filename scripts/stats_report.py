@@ -1,7 +1,7 @@
-"""Rule stats_report: one-sample t-test, Cohen's d and Beta credible interval (Table 6)."""
+"""Rule stats_report: the paper's Table 6 (one-sample t-test, Cohen's d, credible interval)."""
 
-from brightseg.evaluate import stats_report
-from brightseg.pipeline import log_to
+from brightseg.rules import log_to
+from brightseg.rules.evaluation import stats_report
 
 with log_to(snakemake.log[0]):
     stats_report(

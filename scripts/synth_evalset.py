@@ -1,9 +1,7 @@
-"""Rule synth_evalset: the demo's synthetic held-out evaluation set (images/, masks/)."""
+"""Rule synth_evalset: the demo's synthetic held-out evaluation set."""
 
-from brightseg.byod import synth_demo_evalset
-from brightseg.pipeline import log_to
+from brightseg.rules import log_to
+from brightseg.rules.demo import synth_evalset
 
 with log_to(snakemake.log[0]):
-    synth_demo_evalset(
-        snakemake.output[0], dict(snakemake.params.spec), seed=int(snakemake.params.seed)
-    )
+    synth_evalset(snakemake.output[0], dict(snakemake.params.spec), seed=int(snakemake.params.seed))

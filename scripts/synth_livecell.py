@@ -1,7 +1,7 @@
-"""Rule synth_livecell: a LIVECell-format fixture for the demo."""
+"""Rule synth_livecell: the demo's LIVECell-format fixture."""
 
-from brightseg.pipeline import log_to
-from brightseg.synth import synth_livecell
+from brightseg.rules import log_to
+from brightseg.rules.demo import synth_livecell
 
 with log_to(snakemake.log[0]):
     synth_livecell(

@@ -1,15 +1,15 @@
 """Rule train: one (model, loss) training run."""
 
-from brightseg.pipeline import log_to, train_run
+from brightseg.rules import log_to
+from brightseg.rules.training import train
 
 with log_to(snakemake.log[0]):
-    train_run(
+    train(
         snakemake.input.store,
         snakemake.input.manifest,
         snakemake.output.history,
         snakemake.output.card,
-        model=snakemake.wildcards.model,
-        loss=snakemake.wildcards.loss,
+        snakemake.output.checkpoints,
         spec=dict(snakemake.params.spec),
         training=dict(snakemake.params.training),
         seed=int(snakemake.params.seed),

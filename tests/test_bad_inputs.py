@@ -51,7 +51,7 @@ from brightseg.errors import InputError
 from brightseg.io import read_image, warn_low_bit_depth
 from brightseg.maskfolder import import_mask_folder
 from brightseg.patches import to_rgb_uint8
-from brightseg.pipeline import correct_plate
+from brightseg.rules.preprocess import correct_illumination as correct_plate
 from brightseg.platestore import open_plate
 from brightseg.sheet import compile_regex, plate_images, read_sheet
 

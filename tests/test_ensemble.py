@@ -344,7 +344,7 @@ def test_predict_plate_writes_labels_and_summary():
     store = FakeStore(images)
     df = predict_plate(store, [identity, position_model], tile=32, overlap=8, batch_size=3)
     assert list(df.columns) == ensemble.SUMMARY_COLUMNS
-    assert list(df["image_id"]) == list(images) and not df["skipped"].any()
+    assert list(df["image_id"]) == list(images) and df.attrs["resumed"] == 0
     assert (df["n_models"] == 2).all() and (df["vote"] == "mean").all()
     for image_id in images:
         img = store.raw[image_id].astype(np.float32) / np.float32(65535)
@@ -371,12 +371,13 @@ def test_predict_plate_is_resumable():
     masks = {k: v.copy() for k, v in store.labels.items()}
     second = predict_plate(store, [rec], tile=32, overlap=8, batch_size=4)
     assert len(rec.batches) == n_calls  # nothing recomputed
-    assert second["skipped"].all() and not first["skipped"].any()
+    assert second.attrs["resumed"] == 4 and first.attrs["resumed"] == 0
+    pd.testing.assert_frame_equal(second, first)  # a resumed run's table equals a clean one
     np.testing.assert_allclose(second["foreground_fraction"], first["foreground_fraction"])
     # an interrupted image: prob written, mask created but never completed
     store.create_label("im02", "mask", np.uint8)
     third = predict_plate(store, [rec], tile=32, overlap=8, batch_size=4)
-    assert list(third["skipped"]) == [True, True, False, True]
+    assert third.attrs["resumed"] == 3
     assert len(rec.batches) == n_calls + 1  # 4 tiles of one image = one batch
     np.testing.assert_array_equal(store.labels[("im02", "mask")], masks[("im02", "mask")])
     # skip_existing=False redoes everything
@@ -488,9 +489,9 @@ def test_predict_plate_from_paths_loads_each_checkpoint_once(tmp_path, monkeypat
 
     monkeypatch.setattr(brightseg.models, "load_checkpoint", load_checkpoint, raising=False)
     out = tmp_path / "pred.tsv"
-    df = ensemble.predict_plate_from_paths(
-        "plate.ome.zarr", tsv, overlap=8, batch_size=4, vote="majority", out_tsv=out
-    )
+    ens = ensemble.Ensemble.load(tsv, {"overlap": 8, "batch_size": 4, "vote": "majority"})
+    df = ens.predict_plate(store)
+    df.to_csv(out, sep="\t", index=False)
     assert loads == [str(tmp_path / "m0.keras"), str(tmp_path / "m1.keras")]
     assert (df["n_models"] == 2).all() and (df["vote"] == "majority").all()
     assert df.attrs["engine"]["n_tiles"] == 3 * 3 * 2  # tile 32 from the model input
@@ -526,7 +527,7 @@ def test_predict_plate_on_platestore(tmp_path):
     store = platestore.open_plate(path)
     preds = [identity, position_model]
     df = predict_plate(store, preds, tile=32, overlap=8, batch_size=4, vote="majority")
-    assert not df["skipped"].any()
+    assert df.attrs["resumed"] == 0 and "skipped" not in df
     labels = {}
     for image_id in images:
         probs = predict_image(store.read(image_id), preds, tile=32, overlap=8)
@@ -545,5 +546,5 @@ def test_predict_plate_on_platestore(tmp_path):
     # a fresh process (new store object) skips the completed images
     rec = Recorder()
     again = predict_plate(platestore.open_plate(path), [rec, rec], tile=32, overlap=8)
-    assert again["skipped"].all() and rec.batches == []
+    assert again.attrs["resumed"] == 3 and rec.batches == []
     np.testing.assert_allclose(again["foreground_fraction"], df["foreground_fraction"])

@@ -253,12 +253,6 @@ class IlluminationConfig(Block):
     method: str
     percentiles: tuple[float, float]
 
-    def radius_px(self, pixel_size_um: float | None) -> int:
-        """The structuring element's radius in pixels at a pixel size."""
-        from .illumination import radius_to_px
-
-        return radius_to_px(self.radius, self.unit, pixel_size_um)
-
 
 @dataclass(frozen=True)
 class AnnotationsConfig(Block):
@@ -471,3 +465,44 @@ class Config:
     def __getitem__(self, key: str) -> Any:
         """Top-level scalars and untyped blocks (``plates``, ``seed``, ``demo``...)."""
         return self.raw[key]
+
+
+#: Optional plate-sheet columns that override the ``illumination`` block for one plate.
+PLATE_ILLUMINATION_COLUMNS = {"illumination_mode": "mode", "illumination_radius": "radius"}
+
+
+def plate_illumination(
+    base: IlluminationConfig, row: Mapping, *, sheet: str = ""
+) -> IlluminationConfig:
+    """The illumination settings of one plate: ``base`` with the sheet row's overrides.
+
+    ``illumination_mode`` (``black``: dark cells on a bright background, ``white``: bright
+    cells) and ``illumination_radius`` (in ``illumination.unit``) may be given per plate;
+    an empty cell keeps the config's value.
+
+    Raises
+    ------
+    InputError
+        Naming the sheet, the plate and the column, for a value the schema refuses.
+    """
+    plate = row.get("plate", "")
+    overrides: dict[str, Any] = {}
+    for column, key in PLATE_ILLUMINATION_COLUMNS.items():
+        value = str(row.get(column, "") or "").strip()
+        if not value or value.lower() == "nan":
+            continue
+        if key == "radius":
+            try:
+                overrides[key] = float(value)
+            except ValueError:
+                raise InputError(
+                    sheet, f"plate {plate!r}: {column} must be a number, got {value!r}"
+                ) from None
+        else:
+            overrides[key] = value
+    if not overrides:
+        return base
+    try:
+        return base.replace(**overrides)
+    except InputError as exc:
+        raise InputError(sheet, f"plate {plate!r}: {exc.message}") from None

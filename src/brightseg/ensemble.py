@@ -88,6 +88,8 @@ plate therefore peaks at about 1.1 GB with these models.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import queue
@@ -100,6 +102,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .config import InferenceConfig
 from .errors import InputError
 from .progress import progress
 from .tiling import (
@@ -126,7 +129,6 @@ SUMMARY_COLUMNS = [
     "threshold",
     "tta",
     "foreground_fraction",
-    "skipped",
 ]
 
 
@@ -641,7 +643,8 @@ def predict_plate(
     -------
     DataFrame
         One row per image in ``store.images`` order: ``image_id, n_models, vote,
-        threshold, tta, foreground_fraction, skipped``.  ``df.attrs["engine"]``
+        threshold, tta, foreground_fraction`` (the same whether an image was
+        predicted now or resumed: ``df.attrs["resumed"]`` counts those).  ``df.attrs["engine"]``
         holds pipeline statistics (tiles, batches, compute and wall seconds,
         peak accumulator bytes, ...).
     """
@@ -650,7 +653,7 @@ def predict_plate(
     ids = list(store.images["image_id"])
     rows: dict[Hashable, dict] = {}
 
-    def row(image_id: Hashable, fraction: float, skipped: bool) -> dict:
+    def row(image_id: Hashable, fraction: float) -> dict:
         return {
             "image_id": image_id,
             "n_models": len(predictors),
@@ -658,19 +661,18 @@ def predict_plate(
             "threshold": float(threshold),
             "tta": bool(tta),
             "foreground_fraction": float(fraction),
-            "skipped": skipped,
         }
 
     todo = []
     for image_id in ids:
         if skip_existing and store.has_label(image_id, MASK_LABEL):
             mask = np.asarray(store.read_label(image_id, MASK_LABEL))
-            rows[image_id] = row(image_id, np.count_nonzero(mask) / max(mask.size, 1), True)
+            rows[image_id] = row(image_id, np.count_nonzero(mask) / max(mask.size, 1))
         else:
             todo.append(image_id)
     if len(todo) < len(ids):
         log.info(
-            "%s: %d of %d images already predicted, skipped", desc, len(ids) - len(todo), len(ids)
+            "%s: %d of %d images already predicted (resumed)", desc, len(ids) - len(todo), len(ids)
         )
 
     def reduce(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -683,7 +685,7 @@ def predict_plate(
         store.write_label(image_id, PROB_LABEL, prob_u8)
         store.create_label(image_id, MASK_LABEL, np.uint8)
         store.write_label(image_id, MASK_LABEL, mask)  # last: marks the image complete
-        rows[image_id] = row(image_id, np.count_nonzero(mask) / mask.size, False)
+        rows[image_id] = row(image_id, np.count_nonzero(mask) / mask.size)
 
     stats = _new_stats()
     if todo:
@@ -712,6 +714,7 @@ def predict_plate(
         )
     df = pd.DataFrame([rows[i] for i in ids], columns=SUMMARY_COLUMNS)
     df.attrs["engine"] = dict(stats)
+    df.attrs["resumed"] = len(ids) - len(todo)
     return df
 
 
@@ -754,6 +757,9 @@ def read_ensemble(path: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
+DEFAULT_TILE = 256
+
+
 def _model_tile(model: Any) -> int | None:
     shape = getattr(model, "input_shape", None)
     if isinstance(shape, list):
@@ -763,79 +769,127 @@ def _model_tile(model: Any) -> int | None:
     return int(shape[1])
 
 
-def predict_plate_from_paths(
-    store_path: str | os.PathLike,
-    ensemble_tsv: str | os.PathLike,
-    *,
-    tile: int | None = None,
-    overlap: int = 32,
-    batch_size: int = 8,
-    vote: str = "mean",
-    threshold: float = 0.5,
-    tta: bool = False,
-    skip_existing: bool = True,
-    out_tsv: str | os.PathLike | None = None,
-) -> pd.DataFrame:
-    """Load the ensemble once and predict a plate store (the ``predict`` rule).
+def resolve_tile(models: Sequence[Any], requested: int | None, where: str = "ensemble") -> int:
+    """The one rule for the tile size, used by plates, evaluation sets and LIVECell alike.
 
-    Parameters
-    ----------
-    store_path : path-like
-        ``results/plates/{plate}.ome.zarr``.
-    ensemble_tsv : path-like
-        ``results/models/ensemble.tsv`` (see :func:`read_ensemble`).
-    tile : int or None
-        Tile size; None uses the models' static input size, else 256.
-    out_tsv : path-like or None
-        Also write the summary table there (atomically, tab-separated).
-    overlap, batch_size, vote, threshold, tta, skip_existing
-        See :func:`predict_plate`.
-
-    Returns
-    -------
-    DataFrame
-        The per-image summary of :func:`predict_plate`.
-
-    Notes
-    -----
-    Precision: a Keras 3 checkpoint stores each layer's dtype policy, so a
-    model trained under ``mixed_bfloat16`` also predicts in bf16 and a float32
-    one in float32, whatever the global policy at load time (which only
-    affects the input layer).  :func:`make_predictor` casts the outputs to
-    float32 either way.
+    ``inference.tile: null`` takes the models' static input size (256 for fully
+    convolutional models).  An explicit tile must equal a static input size: a model built
+    for 256 px tiles is not silently fed 512 px ones.  Checkpoints with different static
+    sizes cannot vote together.
     """
-    from .models import load_checkpoint
-    from .platestore import open_plate
-
-    _check_vote(vote, threshold)
-    ensemble = read_ensemble(ensemble_tsv)
-    store = open_plate(store_path)
-    models = []
-    for ckpt in ensemble["path"]:
-        log.info("loading %s", ckpt)
-        models.append(load_checkpoint(ckpt))
     tiles = {_model_tile(m) for m in models} - {None}
     if len(tiles) > 1:
-        raise InputError(ensemble_tsv, f"checkpoints have different input sizes {sorted(tiles)}")
-    if tile is None:
-        tile = tiles.pop() if tiles else 256
-    elif tiles and tile not in tiles:
-        raise InputError("tile", f"tile {tile} differs from the models' input size {tiles.pop()}")
-    predictors = [make_predictor(m, batch_size, tile) for m in models]
-    df = predict_plate(
-        store,
-        predictors,
-        tile=tile,
-        overlap=overlap,
-        batch_size=batch_size,
-        vote=vote,
-        threshold=threshold,
-        tta=tta,
-        skip_existing=skip_existing,
-        desc=f"predict {Path(store_path).name}",
-    )
-    if out_tsv is not None:
-        from .io import write_text
+        raise InputError(where, f"checkpoints have different input sizes {sorted(tiles)}")
+    static = tiles.pop() if tiles else None
+    if requested is None:
+        return static or DEFAULT_TILE
+    if static is not None and int(requested) != static:
+        raise InputError(
+            "inference.tile",
+            f"tile {requested} differs from the models' input size {static}: "
+            f"set inference.tile to {static} or null",
+        )
+    return int(requested)
 
-        write_text(df.to_csv(sep="\t", index=False, lineterminator="\n"), out_tsv)
-    return df
+
+def _file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Ensemble:
+    """The selected checkpoints, loaded once, with the inference settings.
+
+    Build it with :meth:`load`.  :meth:`predict` predicts one in-memory image (evaluation
+    sets, LIVECell, held-out images); :meth:`predict_plate` streams a whole plate store.
+    :attr:`key` identifies what produced a mask: the checkpoints' content hashes and the
+    inference parameters (a resumed job reuses only masks with the same key).
+
+    Attributes
+    ----------
+    table : DataFrame
+        ``ensemble.tsv`` with resolved paths.
+    names : list of str
+        One per checkpoint, ``model/loss/eNN`` (or the file stem).
+    inference : InferenceConfig
+    tile : int
+        From :func:`resolve_tile`.
+    predictors : list of callables
+        :func:`make_predictor` of each model.
+    """
+
+    def __init__(self, table: pd.DataFrame, models: Sequence[Any], inference, *, source=""):
+        self.inference = InferenceConfig.coerce(inference)
+        _check_vote(self.inference.vote, self.inference.threshold)
+        self.table = table.reset_index(drop=True)
+        self.names = [
+            f"{r.model}/{r.loss}/e{int(r.epoch):02d}"
+            if {"model", "loss", "epoch"} <= set(self.table)
+            else Path(r.path).stem
+            for r in self.table.itertuples(index=False)
+        ]
+        self.tile = resolve_tile(models, self.inference.tile, str(source or "ensemble"))
+        self.predictors = [make_predictor(m, self.inference.batch_size, self.tile) for m in models]
+
+    @classmethod
+    def load(cls, ensemble_tsv: str | os.PathLike, inference) -> Ensemble:
+        """Read ``ensemble.tsv`` (:func:`read_ensemble`) and load every checkpoint once.
+
+        Precision: a Keras 3 checkpoint stores each layer's dtype policy, so a model
+        trained under ``mixed_bfloat16`` also predicts in bf16 and a float32 one in
+        float32, whatever the global policy (``inference.precision``) at load time, which
+        only affects the input layer; :func:`make_predictor` casts outputs to float32.
+        """
+        from . import models as zoo
+
+        inference = InferenceConfig.coerce(inference)
+        zoo.set_precision(inference.precision)
+        table = read_ensemble(ensemble_tsv)
+        models = []
+        for ckpt in table["path"]:
+            log.info("loading %s", ckpt)
+            models.append(zoo.load_checkpoint(ckpt))
+        return cls(table, models, inference, source=ensemble_tsv)
+
+    @property
+    def key(self) -> str:
+        """sha256 of the checkpoints' bytes (in voting order) and the inference settings."""
+        h = hashlib.sha256()
+        for path in self.table["path"]:
+            h.update(_file_sha256(path).encode())
+        settings = dict(self.inference.as_dict(), tile=self.tile)
+        h.update(json.dumps(settings, sort_keys=True).encode())
+        return h.hexdigest()
+
+    def predict(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-model probabilities (M, H, W), ensemble probability and ensemble mask."""
+        inf = self.inference
+        probs = predict_image(
+            image,
+            self.predictors,
+            tile=self.tile,
+            overlap=inf.overlap,
+            batch_size=inf.batch_size,
+            tta=inf.tta,
+        )
+        prob, mask = _vote(probs, inf.vote, inf.threshold)
+        return probs, prob, mask
+
+    def predict_plate(self, store: Any, *, skip_existing: bool = True, desc: str = "predict"):
+        """:func:`predict_plate` with this ensemble's models and settings."""
+        inf = self.inference
+        return predict_plate(
+            store,
+            self.predictors,
+            tile=self.tile,
+            overlap=inf.overlap,
+            batch_size=inf.batch_size,
+            vote=inf.vote,
+            threshold=inf.threshold,
+            tta=inf.tta,
+            skip_existing=skip_existing,
+            desc=desc,
+        )

@@ -37,8 +37,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ import pandas as pd
 
 from .errors import InputError
 from .io import IMAGE_SUFFIXES, read_image, write_png
+from .maskfolder import DEFAULT_PIXEL_SIZE_UM, NAME_PATTERN, _check_name
 from .progress import progress
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,12 @@ __all__ = [
 
 #: Column prefix of the baseline mask paths in :func:`load_eval_set`'s table.
 BASELINE_PREFIX = "baseline_"
+
+#: Method name of the ensemble in the evaluation-set tables.
+ENSEMBLE = "ensemble"
+
+#: Metrics of the paired comparison (ensemble - baseline per image) by default.
+PAIRED_METRICS = ("f1", "dice", "iou", "hd95")
 
 #: Metrics of the per-image table, in Table 2's order (brightseg.metrics.PIXEL_METRICS).
 METRICS = ("dice", "iou", "ssim", "accuracy", "precision", "recall", "f1", "hausdorff", "hd95")
@@ -792,3 +800,114 @@ def compare_from_dirs(
     """
     eval_df = load_eval_set(spec, threshold=threshold, base=base)
     return compare_methods(eval_df, dict(prediction_dirs), threshold=threshold)
+
+
+# --------------------------------------------------------------------------- config and tables
+
+
+def _norm(path: Any) -> str:
+    return os.path.normpath(str(path)) if path else ""
+
+
+def resolve_evaluation_sets(
+    specs: Sequence[Mapping[str, Any]] | None,
+    *,
+    synth_dir: str = "results/demo/evalset",
+    produced: Sequence[str] = (),
+    check: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Check ``evaluation_sets`` and fill in the defaults.
+
+    Parameters
+    ----------
+    specs : list of mapping
+        Each ``{name, images, masks}`` with optional ``mask_suffix``, ``pixel_size_um``
+        (0.65), ``baselines`` (``{method: folder of its masks}``) and ``synth`` (true: the
+        demo's synthetic set, made by the workflow in ``synth_dir``; images and masks
+        default to its ``images``/``masks`` folders).
+    synth_dir : str
+        Output folder of the synthetic set.
+    produced : sequence of str
+        Folders the workflow makes (e.g. ``results/evalsets/<name>/otsu``): baselines there
+        need not exist yet.
+    check : bool
+        Check that the folders exist.
+
+    Returns
+    -------
+    dict
+        ``name -> spec`` in config order.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    made = {_norm(f) for f in produced}
+    for i, spec in enumerate(specs or []):
+        where = f"evaluation_sets[{i}]"
+        if not isinstance(spec, Mapping):
+            raise InputError(where, f"must be a mapping, got {spec!r}")
+        name = _check_name(spec.get("name"), f"{where}.name")
+        if name in out:
+            raise InputError(f"{where}.name", f"evaluation set {name!r} is listed twice")
+        synth = bool(spec.get("synth", False))
+        baselines = spec.get("baselines") or {}
+        if not isinstance(baselines, Mapping):
+            raise InputError(f"{where}.baselines", "must map method names to mask folders")
+        resolved = {
+            "name": name,
+            "synth": synth,
+            "images": _norm(spec.get("images") or (f"{synth_dir}/images" if synth else "")),
+            "masks": _norm(spec.get("masks") or (f"{synth_dir}/masks" if synth else "")),
+            "mask_suffix": str(spec.get("mask_suffix") or ""),
+            "pixel_size_um": float(spec.get("pixel_size_um") or DEFAULT_PIXEL_SIZE_UM),
+            "baselines": {str(k): _norm(v) for k, v in baselines.items()},
+        }
+        for key in ("images", "masks"):
+            if not resolved[key]:
+                raise InputError(f"{where}.{key}", "missing folder")
+            if check and not synth and not Path(resolved[key]).is_dir():
+                raise InputError(resolved[key], f"{where}.{key}: folder does not exist")
+        for method, folder in resolved["baselines"].items():
+            if not re.fullmatch(NAME_PATTERN, method) or method == ENSEMBLE:
+                raise InputError(
+                    f"{where}.baselines", f"method name {method!r} (reserved or not a name)"
+                )
+            if check and folder not in made and not Path(folder).is_dir():
+                raise InputError(folder, f"{where}.baselines.{method}: folder does not exist")
+        out[name] = resolved
+    return out
+
+
+def comparison_tables(
+    long_df: pd.DataFrame,
+    *,
+    baselines: Sequence[str],
+    ours: str = ENSEMBLE,
+    paired_metrics: Sequence[str] = PAIRED_METRICS,
+) -> dict[str, pd.DataFrame]:
+    """Summary, Table 2 layout and paired tests of a long per-image table.
+
+    Returns
+    -------
+    dict
+        ``summary`` (:func:`brightseg.evalsets.summary_table`), ``table2``
+        (:func:`brightseg.evalsets.table2_layout`, ``ours`` last) and ``paired``
+        (:func:`brightseg.evalsets.paired_comparison_table` of ``ours`` against every
+        baseline, one block of rows per metric of ``paired_metrics``; empty without
+        baselines).
+    """
+    from .evalsets import paired_comparison_table, summary_table, table2_layout
+
+    summary = summary_table(long_df)
+    table2 = table2_layout(summary, ours=ours)
+    sub = long_df[long_df["method"].isin([ours, *baselines])]
+    frames = [
+        paired_comparison_table(sub, ours=ours, metric=m)
+        for m in paired_metrics
+        if baselines and m in set(sub["metric"])
+    ]
+    if frames:
+        paired = pd.concat(frames, ignore_index=True)
+    else:
+        paired = paired_comparison_table(
+            long_df[long_df["method"] == ours], ours=ours, metric=paired_metrics[0]
+        )
+    return {"summary": summary, "table2": table2, "paired": paired}

@@ -15,11 +15,12 @@ import functools
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -437,3 +438,95 @@ def table_to_latex(df, *, floatfmt: str = ".4f", caption: str | None = None) -> 
         lines = [r"\begin{table}", r"\centering", f"\\caption{{{_latex_escape(caption)}}}"] + lines
         lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- evaluation sets
+
+#: Metrics drawn in the evaluation sets' distribution figure.
+FIGURE_METRICS = ("dice", "iou", "precision", "recall", "f1", "hd95")
+
+
+def metric_distributions(
+    wide: pd.DataFrame,
+    *,
+    metrics: Sequence[str] = FIGURE_METRICS,
+    order: Sequence[str] | None = None,
+    seed: int = 0,
+):
+    """Box plots of per-image metrics per method, images as jittered points.
+
+    ``wide`` has one row per image and method and one column per metric
+    (:func:`brightseg.evalsets.wide_table`).  One panel per metric; ``order`` sets the
+    methods' order (default sorted).  Non-finite values (e.g. HD95 of an empty
+    prediction) are left out.
+    """
+    import matplotlib
+
+    metrics = [m for m in metrics if m in wide.columns]
+    methods = list(order) if order is not None else sorted(wide["method"].astype(str).unique())
+    with matplotlib.rc_context(STYLE):
+        ncols = min(3, len(metrics))
+        nrows = math.ceil(len(metrics) / ncols)
+        width = max(2.4, 0.5 * len(methods) + 1.0)
+        fig = _figure(width * ncols, 2.6 * nrows + 0.4)
+        axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+        rng = np.random.default_rng(seed)
+        colours = _colours(len(methods))
+        for ax, metric in zip(axes, metrics, strict=False):
+            data = []
+            for m in methods:
+                v = wide.loc[wide["method"].astype(str) == m, metric].to_numpy(float)
+                data.append(v[np.isfinite(v)])
+            ax.boxplot(data, tick_labels=methods, showfliers=False, widths=0.6)
+            for i, (colour, d) in enumerate(zip(colours, data, strict=True), start=1):
+                jitter = rng.uniform(-0.18, 0.18, size=len(d))
+                ax.scatter(i + jitter, d, s=6, color=colour, alpha=0.7, linewidths=0)
+            ax.set_title(metric)
+            ax.tick_params(axis="x", rotation=90)
+        for ax in axes[len(metrics) :]:
+            ax.set_axis_off()
+        fig.suptitle("Per-image metrics per method")
+    return fig
+
+
+def method_overlays(
+    image: np.ndarray,
+    truth: np.ndarray,
+    preds: Mapping[str, np.ndarray],
+    *,
+    title: str = "",
+    scores: Mapping[str, float] | None = None,
+):
+    """The image and one TP/FN/FP overlay per method (:func:`brightseg.figures.overlay_rgb`)."""
+    import matplotlib
+    from matplotlib.patches import Patch
+
+    with matplotlib.rc_context(STYLE):
+        n = 1 + len(preds)
+        h, w = np.asarray(image).shape[:2]
+        panel = 2.4
+        fig = _figure(panel * n, panel * h / w + 0.7)
+        axes = np.atleast_1d(fig.subplots(1, n)).ravel()
+        axes[0].imshow(np.asarray(image), cmap="gray")
+        axes[0].set_title(title or "image")
+        for ax, (method, pred) in zip(axes[1:], preds.items(), strict=True):
+            ax.imshow(overlay_rgb(image, pred, truth))
+            score = (scores or {}).get(method)
+            ax.set_title(method if score is None else f"{method}\nF1 {score:.3f}")
+        names = {"tp": "true positive", "fn": "false negative", "fp": "false positive"}
+        handles = [
+            Patch(color=np.asarray(c) / 255, label=names[k]) for k, c in OVERLAY_COLOURS.items()
+        ]
+        fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
+        for ax in axes:
+            ax.set_axis_off()
+    return fig
+
+
+def save_png(fig, path: Path) -> None:
+    import matplotlib
+
+    from .io import atomic_path
+
+    with matplotlib.rc_context(STYLE), atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata=PNG_METADATA)

@@ -68,6 +68,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .config import InstancesConfig
 from .errors import InputError
 from .io import atomic_path, read_image, write_tiff
 from .progress import progress
@@ -363,6 +364,38 @@ def _read_prob(path: Path, shape: tuple[int, ...]) -> np.ndarray:
             raise InputError(path, "float probability map has values outside [0, 1]")
         return prob.astype(np.float32)
     raise InputError(path, f"unsupported probability dtype {prob.dtype}")
+
+
+def split_with_config(
+    mask: np.ndarray, pixel_size_um: float, instances, *, prob: np.ndarray | None = None
+) -> np.ndarray:
+    """:func:`split_instances` with the config's ``instances`` block.
+
+    The one mapping from the config to the watershed, used by the ``split_instances`` rule
+    and by every evaluation (held-out images, evaluation sets, LIVECell).
+
+    Parameters
+    ----------
+    mask : (H, W) array
+        Foreground mask.
+    pixel_size_um : float
+        Pixel size of the image.
+    instances : InstancesConfig or mapping
+        The ``instances`` block (``use_prob`` is the caller's business: pass ``prob``).
+    prob : (H, W) float array in [0, 1], optional
+        Foreground probability (see :func:`split_instances`).
+    """
+    cfg = InstancesConfig.coerce(instances)
+    return split_instances(
+        mask,
+        pixel_size_um=pixel_size_um,
+        h_um=cfg.h_um,
+        min_area_um2=cfg.min_area_um2,
+        max_area_um2=cfg.max_area_um2,
+        prob=prob,
+        fill_holes=cfg.fill_holes,
+        remove_border=cfg.remove_border,
+    )
 
 
 def split_instances_file(

@@ -68,7 +68,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +76,19 @@ import numpy as np
 import pandas as pd
 
 from .cvat import MANIFEST_COLUMNS as _CVAT_MANIFEST_COLUMNS
-from .errors import InputError
+from .errors import InputError, Problems
+from .illumination import correct_illumination, radius_to_px
 from .io import IMAGE_SUFFIXES, read_image, write_parquet, write_png, write_tiff
 from .progress import progress
+from .sheet import MODALITIES
 
 log = logging.getLogger(__name__)
+
+#: Names of patch sets and evaluation sets (they become file names and wildcards).
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+
+#: Pixel size of a patch set or evaluation set that gives none (um).
+DEFAULT_PIXEL_SIZE_UM = 0.65
 
 __all__ = [
     "MANIFEST_COLUMNS",
@@ -473,25 +481,6 @@ def describe_image(path: str | os.PathLike) -> dict[str, Any]:
 # --------------------------------------------------------------------------- matching
 
 
-class _Problems:
-    """Per-item problems: raised (``"error"``) or recorded (``"skip"``)."""
-
-    def __init__(self, on_bad_input: str):
-        if on_bad_input not in ("error", "skip"):
-            raise InputError("on_bad_input", f"must be 'error' or 'skip', got {on_bad_input!r}")
-        self.mode = on_bad_input
-        self.items: list[tuple[str, str]] = []
-
-    def report(self, err: InputError, item: str | os.PathLike) -> None:
-        if self.mode == "error":
-            raise err
-        log.warning("skipped %s: %s", item, err)
-        self.items.append((str(item), str(err)))
-
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.items, columns=["file", "reason"])
-
-
 def _files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
     suffixes = tuple(s.lower() for s in suffixes)
     return sorted(
@@ -501,22 +490,94 @@ def _files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
     )
 
 
-def _by_stem(files: list[Path], folder: Path, what: str, problems: _Problems, key=None):
-    """Map key (default the stem) -> file; keys with several files are problems."""
+def _by_key(files: Sequence[Path], what: str, problems: Problems, key) -> dict[str, Path]:
+    """Map key -> file; keys with several files are problems."""
     table: dict[str, list[Path]] = {}
     for p in files:
-        table.setdefault(key(p) if key else p.stem, []).append(p)
+        table.setdefault(key(p), []).append(p)
     out: dict[str, Path] = {}
     for k, ps in sorted(table.items()):
         if len(ps) > 1:
             listing = ", ".join(p.name for p in ps)
-            problems.report(
-                InputError(folder / ps[0].name, f"several {what} files for {k!r}: {listing}"),
-                ps[0],
-            )
+            problems.report(InputError(ps[0], f"several {what} files for {k!r}: {listing}"), ps[0])
             continue
         out[k] = ps[0]
     return out
+
+
+def pair_files(
+    image_files: Sequence[Path],
+    mask_files: Sequence[Path],
+    problems: Problems,
+    *,
+    mask_suffix: str = "",
+    images_without_mask: str = "report",
+    images_where: str = "",
+    masks_where: str = "",
+) -> list[tuple[str, Path, Path]]:
+    """Pair image and mask files by stem: the one pairing rule of every mask source.
+
+    Parameters
+    ----------
+    image_files, mask_files : sequence of Path
+        The candidates (a folder's files, or a plate's images from the sheet).  A file in
+        both lists is an image.
+    problems : Problems
+        Where bad items go: a mask whose name lacks ``mask_suffix``, two files for one
+        stem, a mask without an image, and (``images_without_mask="report"``) an image
+        without a mask.
+    mask_suffix : str
+        The mask of ``<stem>.<ext>`` is ``<stem><mask_suffix>.<any ext>``.
+    images_without_mask : {"report", "ignore"}
+        ``"ignore"`` for a plate: its images without a mask are simply not annotated.
+    images_where, masks_where : str
+        Where the files were looked for, named in the messages.
+
+    Returns
+    -------
+    list of (stem, image path, mask path)
+        Sorted by stem.
+    """
+    image_set = {Path(p).resolve() for p in image_files}
+    masks = []
+    for p in mask_files:
+        if Path(p).resolve() in image_set:
+            continue
+        if mask_suffix and not p.stem.endswith(mask_suffix):
+            if images_where != masks_where:
+                problems.report(
+                    InputError(p, f"mask name does not end with the mask suffix {mask_suffix!r}"),
+                    p,
+                )
+            continue
+        masks.append(p)
+    cut = len(mask_suffix)
+    images = _by_key(image_files, "image", problems, key=lambda p: p.stem)
+    by_stem = _by_key(masks, "mask", problems, key=lambda p: p.stem[: len(p.stem) - cut])
+    pairs: list[tuple[str, Path, Path]] = []
+    for stem in sorted(set(images) | set(by_stem)):
+        if stem not in by_stem:
+            if images_without_mask == "report":
+                problems.report(
+                    InputError(
+                        images[stem],
+                        f"no mask for this image in {masks_where} "
+                        f"(looked for '{stem}{mask_suffix}' with suffix {'/'.join(IMAGE_SUFFIXES)})",
+                    ),
+                    images[stem],
+                )
+        elif stem not in images:
+            problems.report(
+                InputError(
+                    by_stem[stem],
+                    f"no image for this mask in {images_where} (looked for '{stem}' with suffix "
+                    f"{'/'.join(IMAGE_SUFFIXES)})",
+                ),
+                by_stem[stem],
+            )
+        else:
+            pairs.append((stem, images[stem], by_stem[stem]))
+    return pairs
 
 
 def match_files(
@@ -527,7 +588,7 @@ def match_files(
     on_bad_input: str = "error",
     suffixes: Sequence[str] = IMAGE_SUFFIXES,
 ) -> tuple[list[tuple[str, Path, Path]], pd.DataFrame]:
-    """Pair image and mask files by stem.
+    """Pair the image and mask files of two folders by stem (:func:`pair_files`).
 
     Parameters
     ----------
@@ -550,7 +611,7 @@ def match_files(
     skipped : pandas.DataFrame
         Columns ``file`` and ``reason``.
     """
-    problems = _Problems(on_bad_input)
+    problems = Problems(on_bad_input)
     pairs = _match(Path(images_dir), Path(masks_dir), mask_suffix, suffixes, problems)
     return pairs, problems.frame()
 
@@ -560,7 +621,7 @@ def _match(
     masks_dir: Path,
     mask_suffix: str,
     suffixes: Sequence[str],
-    problems: _Problems,
+    problems: Problems,
 ) -> list[tuple[str, Path, Path]]:
     """:func:`match_files` reporting to ``problems``."""
     for folder, what in ((images_dir, "images"), (masks_dir, "masks")):
@@ -571,48 +632,18 @@ def _match(
         raise InputError(
             masks_dir, "images and masks are in the same folder: set mask_suffix (e.g. '_mask')"
         )
-    image_files = _files(images_dir, suffixes)
     mask_files = _files(masks_dir, suffixes)
-    if mask_suffix:
-        if same:
-            image_files = [p for p in image_files if not p.stem.endswith(mask_suffix)]
-        bad = [p for p in mask_files if not p.stem.endswith(mask_suffix)]
-        if not same:
-            for p in bad:
-                problems.report(
-                    InputError(p, f"mask name does not end with the mask suffix {mask_suffix!r}"),
-                    p,
-                )
-        mask_files = [p for p in mask_files if p.stem.endswith(mask_suffix)]
-    cut = len(mask_suffix)
-    images = _by_stem(image_files, images_dir, "image", problems)
-    masks = _by_stem(
-        mask_files, masks_dir, "mask", problems, key=(lambda p: p.stem[:-cut]) if cut else None
+    image_files = _files(images_dir, suffixes)
+    if same:
+        image_files = [p for p in image_files if not p.stem.endswith(mask_suffix)]
+    return pair_files(
+        image_files,
+        mask_files,
+        problems,
+        mask_suffix=mask_suffix,
+        images_where=str(images_dir),
+        masks_where=str(masks_dir),
     )
-    exts = "/".join(suffixes)
-    pairs: list[tuple[str, Path, Path]] = []
-    for stem in sorted(set(images) | set(masks)):
-        if stem not in masks:
-            problems.report(
-                InputError(
-                    images[stem],
-                    f"no mask for this image in {masks_dir} "
-                    f"(looked for '{stem}{mask_suffix}' with suffix {exts})",
-                ),
-                images[stem],
-            )
-        elif stem not in images:
-            problems.report(
-                InputError(
-                    masks[stem],
-                    f"no image for this mask in {images_dir} (looked for '{stem}' with suffix "
-                    f"{exts})",
-                ),
-                masks[stem],
-            )
-        else:
-            pairs.append((stem, images[stem], masks[stem]))
-    return pairs
 
 
 def _check_pair(image: Path, mask_path: Path, threshold: float, expect: str):
@@ -644,55 +675,151 @@ def import_mask_folder(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Import a folder of masks as instance-label and binary masks (like ``import_cvat``).
 
-    For every image with a mask writes ``<out_dir>/<stem>_labels.tif`` (uint16
-    instance labels, uint32 above 65535 cells, zlib) and
-    ``<out_dir>/<stem>_mask.png`` (0/255), then ``<out_dir>/manifest.parquet``
-    last, with the columns of :func:`brightseg.cvat.import_cvat`'s manifest
-    (:data:`MANIFEST_COLUMNS`; ``source_format`` is ``"mask_<kind>"``, e.g.
-    ``mask_binary0255``, ``mask_lossy``, ``mask_labels``).
+    Pairs the two folders' files (:func:`match_files`) and imports the pairs
+    (:func:`import_mask_pairs`).  An image without a mask is bad input here.
+
+    Returns
+    -------
+    manifest, skipped : pandas.DataFrame
+        As :func:`import_mask_pairs`.
+    """
+    problems = Problems(on_bad_input)
+    Path(out_dir, "manifest.parquet").unlink(missing_ok=True)
+    pairs = _match(Path(images_dir), Path(masks_dir), mask_suffix, IMAGE_SUFFIXES, problems)
+    manifest = import_mask_pairs(
+        pairs, out_dir, problems, plate=plate, threshold=threshold, expect=expect, where=masks_dir
+    )
+    return manifest, problems.frame()
+
+
+def import_mask_annotations(
+    masks_dir: str | os.PathLike,
+    image_files: Sequence[Path],
+    out_dir: str | os.PathLike,
+    *,
+    plate: str = "",
+    images_where: str = "",
+    threshold: float = 127,
+    mask_suffix: str = "",
+    on_bad_input: str = "error",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Import a plate's annotations given as a folder of masks.
+
+    Every mask ``<stem><mask_suffix>.<png|tif|tiff|jpg|jpeg>`` in ``masks_dir`` belongs
+    to the plate image with that stem (:func:`pair_files`); plate images without a mask
+    are not annotated (not an error).  A mask without an image, two files for one stem,
+    an unreadable mask or one whose size differs from its image's is bad input.
 
     Parameters
     ----------
-    images_dir, masks_dir : path-like
-        The images and their masks, matched by file stem (see
-        :func:`match_files`).
+    masks_dir : path-like
+        The folder of masks.
+    image_files : sequence of Path
+        The plate's images (:func:`brightseg.sheet.list_images` of the sheet's ``images``).
+    out_dir : path-like
+        ``results/annotations/<plate>``.
+    plate : str
+        Plate name stored in the manifest.
+    images_where : str
+        The sheet's ``images`` entry, named in messages.
+    threshold, mask_suffix, on_bad_input
+        As :func:`import_mask_folder`.
+
+    Returns
+    -------
+    manifest, skipped : pandas.DataFrame
+        As :func:`import_mask_pairs`.
+    """
+    problems = Problems(on_bad_input)
+    masks_dir, out_dir = Path(masks_dir), Path(out_dir)
+    if not masks_dir.is_dir():
+        raise InputError(masks_dir, f"plate {plate!r}: annotation mask folder does not exist")
+    if not image_files:
+        raise InputError(images_where, f"plate {plate!r}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    (out_dir / "manifest.parquet").unlink(missing_ok=True)
+    pairs = pair_files(
+        [Path(p) for p in image_files],
+        _files(masks_dir, IMAGE_SUFFIXES),
+        problems,
+        mask_suffix=mask_suffix,
+        images_without_mask="ignore",
+        images_where=f"plate {plate!r} ({images_where})",
+        masks_where=str(masks_dir),
+    )
+    if not pairs:
+        hint = ""
+        if Path(images_where).is_dir() and Path(images_where).resolve() == masks_dir.resolve():
+            hint = " (the masks are in the image folder: every file there is read as an image; "
+            hint += "use a glob for the images, or a folder of their own for the masks)"
+        raise InputError(
+            masks_dir, f"plate {plate!r}: no mask matches an image of {images_where}{hint}"
+        )
+    log.info(
+        "plate %s: %d masks in %s match images; %d images have no mask (not annotated)",
+        plate,
+        len(pairs),
+        masks_dir,
+        len(image_files) - len(pairs),
+    )
+    manifest = import_mask_pairs(
+        pairs, out_dir, problems, plate=plate, threshold=threshold, expect="auto", where=masks_dir
+    )
+    return manifest, problems.frame()
+
+
+def import_mask_pairs(
+    pairs: Sequence[tuple[str, Path, Path]],
+    out_dir: str | os.PathLike,
+    problems: Problems,
+    *,
+    plate: str = "",
+    threshold: float = 127,
+    expect: str = "auto",
+    where: str | os.PathLike = "",
+) -> pd.DataFrame:
+    """Import ``(stem, image, mask)`` pairs as instance-label and binary masks.
+
+    For every pair writes ``<out_dir>/<stem>_labels.tif`` (uint16 instance labels,
+    uint32 above 65535 cells, zlib) and ``<out_dir>/<stem>_mask.png`` (0/255), then
+    ``<out_dir>/manifest.parquet`` last, with the columns of
+    :func:`brightseg.cvat.import_cvat`'s manifest (:data:`MANIFEST_COLUMNS`;
+    ``source_format`` is ``"mask_<kind>"``, e.g. ``mask_binary0255``, ``mask_lossy``,
+    ``mask_labels``).
+
+    Parameters
+    ----------
+    pairs : sequence of (stem, image path, mask path)
+        From :func:`pair_files`.
     out_dir : path-like
         Output folder (created).
+    problems : Problems
+        A mask whose size differs from its image's, an unreadable image or mask: raised
+        or skipped and recorded.
     plate : str
         Plate name stored in the manifest.
     threshold, expect
-        See :func:`read_mask`.  Instances are the labels of a label mask, else
-        the 8-connected components of the binary mask.
-    on_bad_input : {"error", "skip"}
-        An image without a mask (or a mask without an image), a mask whose
-        size differs from its image's, an unreadable image or mask: raise
-        :class:`InputError` naming the file, or log it and list it in
-        ``skipped``.
-    mask_suffix : str
-        Masks are named ``<image stem><mask_suffix>.<ext>`` (e.g. ``"_mask"``).
+        See :func:`read_mask`.  Instances are the labels of a label mask, else the
+        8-connected components of the binary mask.
+    where : path-like
+        Named when nothing could be imported.
 
     Returns
     -------
     manifest : pandas.DataFrame
         One row per imported image, sorted by stem.
-    skipped : pandas.DataFrame
-        Columns ``file`` and ``reason``.
 
     Raises
     ------
     InputError
-        Bad input under ``on_bad_input="error"``; no image imported.  An
-        existing manifest is removed first, so a failed import never leaves
-        one, and every pair is read and checked before anything is written.
+        Bad input under ``on_bad_input="error"``; no image imported.  Every pair is read
+        and checked before anything is written, and the manifest is written last.
     """
     threshold = _check_threshold(threshold)
     if expect not in _EXPECT:
         raise InputError("expect", f"must be one of {_EXPECT}, got {expect!r}")
-    problems = _Problems(on_bad_input)
     out_dir = Path(out_dir)
     manifest_path = out_dir / "manifest.parquet"
     manifest_path.unlink(missing_ok=True)
-    pairs = _match(Path(images_dir), Path(masks_dir), mask_suffix, IMAGE_SUFFIXES, problems)
 
     # Pass 1: decode and check everything before writing anything.
     jobs = []
@@ -708,7 +835,6 @@ def import_mask_folder(
     log.info("mask kinds: %s", ", ".join(f"{k}: {n}" for k, n in sorted(formats.items())))
 
     out_dir.mkdir(parents=True, exist_ok=True)
-
     # Pass 2: labels + binary mask of each image (both files or neither).
     rows = []
     for stem, image, mask_path, (h, w) in progress(jobs, desc="mask import"):
@@ -735,21 +861,20 @@ def import_mask_folder(
             }
         )
     if not rows:
-        raise InputError(masks_dir, "no image could be imported (see the skipped list in the log)")
+        raise InputError(where, "no image could be imported (see the skipped list in the log)")
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     manifest = manifest.sort_values("stem", kind="stable").reset_index(drop=True)
     manifest = manifest.astype({"n_cells": "int64", "width": "int64", "height": "int64"})
     write_parquet(manifest, manifest_path)
-    skipped = problems.frame()
     log.info(
-        "imported %d images (%d cells) from %s into %s; %d skipped",
+        "imported %d images (%d cells) from %s into %s; %d skipped so far",
         len(manifest),
         int(manifest["n_cells"].sum()),
-        masks_dir,
+        where,
         out_dir,
-        len(skipped),
+        len(problems.items),
     )
-    return manifest, skipped
+    return manifest
 
 
 # --------------------------------------------------------------------------- patch sets
@@ -800,7 +925,7 @@ def load_patch_set(
     """
     threshold = _check_threshold(threshold)
     pattern = _compile_patch_regex(name_regex)
-    problems = _Problems(on_bad_input)
+    problems = Problems(on_bad_input)
     pairs = _match(Path(images_dir), Path(masks_dir), mask_suffix, IMAGE_SUFFIXES, problems)
     rows = []
     for stem, image, mask_path in progress(pairs, desc="patch set"):
@@ -947,3 +1072,178 @@ def grouped_patch_split(
     summary = split_summary(out, group_col="source")
     log.info("patch split:\n%s", summary.to_string(index=False))
     return out, summary
+
+
+# --------------------------------------------------------------------------- patch-set config
+
+
+def _check_name(name: Any, where: str) -> str:
+    name = str(name or "")
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise InputError(where, f"name {name!r} must match {NAME_PATTERN}")
+    return name
+
+
+def resolve_patch_sets(
+    specs: Sequence[Mapping[str, Any]] | None,
+    *,
+    illumination: Mapping[str, Any] | None = None,
+    mask_threshold: float = 127,
+    on_bad_input: str = "error",
+    check: bool = True,
+) -> list[dict[str, Any]]:
+    """Check ``training.patch_sets`` and fill in the defaults.
+
+    Parameters
+    ----------
+    specs : list of mapping
+        Each ``{images, masks}`` with optional ``name`` (default ``patches<i>``),
+        ``name_regex`` (named group ``source``; default
+        :data:`brightseg.maskfolder.DEFAULT_PATCH_REGEX`, ``<source>_<row>_<col>``),
+        ``modality`` (``brightfield``), ``plate`` (default the name), ``mask_suffix``,
+        ``pixel_size_um`` (0.65) and ``correct_illumination`` (true: the plates' top-hat
+        correction is applied to each raw patch; false: patches are scaled by their dtype).
+        Already resolved specs pass through unchanged (their ``illumination``,
+        ``mask_threshold`` and ``on_bad_input`` are kept).
+    illumination : mapping, optional
+        The ``illumination`` config, stored in each set whose ``correct_illumination`` is
+        true.
+    mask_threshold : float
+        Threshold of lossy masks (``annotations.mask_threshold``).
+    on_bad_input : {"error", "skip"}
+        What a bad patch does (see :func:`brightseg.maskfolder.load_patch_set`).
+    check : bool
+        Check that the folders exist.
+
+    Returns
+    -------
+    list of dict
+        Complete specs; ``illumination`` is the config to apply to each patch, or None.
+    """
+
+    out: list[dict[str, Any]] = []
+    for i, spec in enumerate(specs or []):
+        where = f"training.patch_sets[{i}]"
+        if not isinstance(spec, Mapping):
+            raise InputError(where, f"must be a mapping, got {spec!r}")
+        name = _check_name(spec.get("name") or f"patches{i + 1}", f"{where}.name")
+        regex = str(spec.get("name_regex") or DEFAULT_PATCH_REGEX)
+        try:
+            if "source" not in re.compile(regex).groupindex:
+                raise InputError(f"{where}.name_regex", f"{regex!r} has no (?P<source>...) group")
+        except re.error as exc:
+            raise InputError(f"{where}.name_regex", f"invalid regex {regex!r}: {exc}") from None
+        modality = str(spec.get("modality") or "brightfield")
+        if modality not in MODALITIES:
+            raise InputError(f"{where}.modality", f"must be one of {MODALITIES}, got {modality!r}")
+        resolved = {
+            "name": name,
+            "images": str(spec.get("images") or ""),
+            "masks": str(spec.get("masks") or ""),
+            "name_regex": regex,
+            "modality": modality,
+            "plate": str(spec.get("plate") or name),
+            "mask_suffix": str(spec.get("mask_suffix") or ""),
+            "pixel_size_um": float(spec.get("pixel_size_um") or DEFAULT_PIXEL_SIZE_UM),
+            "illumination": (
+                spec.get("illumination", illumination)
+                if spec.get("correct_illumination", True)
+                else None
+            ),
+            "mask_threshold": float(spec.get("mask_threshold", mask_threshold)),
+            "on_bad_input": str(spec.get("on_bad_input", on_bad_input)),
+        }
+        if resolved["illumination"] is not None:
+            resolved["illumination"] = dict(resolved["illumination"])
+        for key in ("images", "masks"):
+            if not resolved[key]:
+                raise InputError(f"{where}.{key}", "missing folder")
+            if check and not Path(resolved[key]).is_dir():
+                raise InputError(resolved[key], f"{where}.{key}: folder does not exist")
+        out.append(resolved)
+    names = [s["name"] for s in out]
+    if len(set(names)) != len(names):
+        raise InputError("training.patch_sets", f"patch set names must be unique: {names}")
+    return out
+
+
+def _corrector(illumination: Mapping[str, Any] | None, pixel_size_um: float):
+    if not illumination:
+        return None
+    radius = radius_to_px(illumination["radius"], illumination.get("unit", "px"), pixel_size_um)
+
+    def correct(image: np.ndarray) -> np.ndarray:
+        return correct_illumination(
+            image.astype(np.float32),
+            radius,
+            mode=illumination.get("mode", "white"),
+            method=illumination.get("method", "fast"),
+            percentiles=tuple(illumination.get("percentiles", (1.0, 99.8))),
+        )
+
+    return correct
+
+
+def patch_set_training_pairs(
+    patch_sets: Sequence[Mapping[str, Any]], *, groups: dict[str, str] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Yield the patches of every patch set in the form ``build_training_store`` takes.
+
+    Parameters
+    ----------
+    patch_sets : list of mapping
+        Output of :func:`resolve_patch_sets` (its ``mask_threshold`` and ``on_bad_input``
+        apply, see :func:`brightseg.maskfolder.load_patch_set`).
+    groups : dict, optional
+        Filled with ``image_id -> source`` for :func:`group_by_source`.
+
+    Yields
+    ------
+    dict
+        ``image_id`` (``<set name>:<patch stem>``, unique across sets and plates),
+        ``plate``, ``modality``, ``image`` (float32 in [0, 1]) and ``mask`` (uint8 0/1).
+    """
+    for spec in patch_sets:
+        threshold = float(spec.get("mask_threshold", 127))
+        df = load_patch_set(
+            spec["images"],
+            spec["masks"],
+            name_regex=spec["name_regex"],
+            threshold=threshold,
+            mask_suffix=spec.get("mask_suffix", ""),
+            on_bad_input=str(spec.get("on_bad_input", "error")),
+        )
+        log.info(
+            "patch set %s: %d patches of %d source images (%s)",
+            spec["name"],
+            len(df),
+            df["source"].nunique(),
+            "illumination-corrected" if spec.get("illumination") else "scaled by dtype",
+        )
+        df = df.assign(image_id=[f"{spec['name']}:{s}" for s in df["image_id"]])
+        correct = _corrector(spec.get("illumination"), float(spec.get("pixel_size_um", 0.65)))
+        for pair in patch_set_pairs(
+            df,
+            threshold=threshold,
+            plate=spec["plate"],
+            modality=spec["modality"],
+            correct=correct,
+        ):
+            if groups is not None:
+                groups[pair["image_id"]] = pair["source"]
+            yield pair
+
+
+def group_by_source(manifest: pd.DataFrame, groups: Mapping[str, str]) -> pd.DataFrame:
+    """Set ``source_image`` of pre-tiled patches to the image they were cut from.
+
+    :func:`brightseg.augment.build_training_store` records each pair's ``image_id`` as
+    ``source_image``, the column the grouped split groups by; for a patch that is the
+    patch itself.  Here it becomes the patch's ``source`` (the ``name_regex`` group), so
+    all patches of one source image (and their variants) land on one side of the split.
+    A source named like a plate image joins that image's group.
+    """
+    out = manifest.copy()
+    src = out["source_image"].astype(str)
+    out["source_image"] = [groups.get(s, s) for s in src]
+    return out

@@ -422,6 +422,7 @@ class PlateStore:
         df = pd.DataFrame.from_records(records)
         self.images: pd.DataFrame = df[cols + [c for c in df.columns if c not in cols]]
         self._by_id = {r["image_id"]: r for r in records}
+        self._lroot = self._root  # where labels live (a LabelStore keeps its own)
 
     def __repr__(self) -> str:
         return f"PlateStore({str(self.path)!r}, plate={self.plate!r}, images={len(self.images)})"
@@ -465,7 +466,7 @@ class PlateStore:
 
     def _label_group(self, field: str, name: str):
         try:
-            return self._root[f"{field}/labels/{name}"]
+            return self._lroot[f"{field}/labels/{name}"]
         except KeyError:
             return None
 
@@ -528,10 +529,10 @@ class PlateStore:
                 if image_id is not None:
                     self._set_complete(group, [i for i in self._complete(group) if i != image_id])
                 return arr
-            del self._root[f"{field}/labels"][name]
+            del self._lroot[f"{field}/labels"][name]
 
         writer = _ome_writer()
-        labels = self._root.require_group(f"{field}/labels")
+        labels = self._lroot.require_group(f"{field}/labels")
         group = labels.create_group(name)
         group.attrs["brightseg"] = {"complete": []}
         arr = group.create_array(
@@ -554,8 +555,12 @@ class PlateStore:
         ome["version"] = NGFF_VERSION
         ome["labels"] = [n for n in ome.get("labels", []) if n != name]
         labels.attrs["ome"] = ome
-        writer.write_label_metadata(labels, name, source={"image": "../../"})
+        writer.write_label_metadata(labels, name, source={"image": self._label_source(field)})
         return arr
+
+    def _label_source(self, field: str) -> str:
+        """NGFF ``source.image`` of a label group: the field it labels."""
+        return "../../"
 
     def mark_label_complete(self, image_id: str, name: str) -> None:
         """Record that label ``name`` of ``image_id`` is fully written."""
@@ -621,8 +626,74 @@ class PlateStore:
         names: set[str] = set()
         for field in fields:
             try:
-                labels = self._root[f"{field}/labels"]
+                labels = self._lroot[f"{field}/labels"]
             except KeyError:
                 continue
             names.update(labels.attrs.get("ome", {}).get("labels", []))
         return sorted(names)
+
+
+# --------------------------------------------------------------------------- label stores
+
+
+def create_label_store(path: str | os.PathLike, plate: PlateStore) -> LabelStore:
+    """Create an empty label store for ``plate`` at ``path`` (which must not exist).
+
+    A label store holds label arrays (``prob``, ``mask``, ``cells``...) of one plate's
+    images with the plate's layout (``{row}/{col}/{field}/labels/{name}/0``, NGFF
+    ``image-label`` metadata whose ``source`` points at the plate's field), but in a zarr
+    store of its own: it is the declared output of the rule that writes it, while the
+    plate store stays that rule's input, never modified after ``correct_illumination``.
+    """
+    path = Path(path)
+    if path.exists():
+        raise InputError(path, "label store already exists")
+    root = _zarr().open_group(str(path), mode="w")
+    root.attrs["brightseg"] = {
+        "labels_of": os.path.relpath(plate.path.resolve(), path.resolve().parent),
+        "plate": plate.plate,
+        "complete": True,
+    }
+    return LabelStore(path, plate.path, mode="r+")
+
+
+def open_labels(
+    path: str | os.PathLike, plate_path: str | os.PathLike, *, mode: str = "r"
+) -> LabelStore:
+    """Open a label store made by :func:`create_label_store` over its plate store."""
+    return LabelStore(path, plate_path, mode=mode)
+
+
+class LabelStore(PlateStore):
+    """A plate's images (read-only, from the plate store) and labels in a store of their own.
+
+    It has :class:`PlateStore`'s interface: ``images``, ``read``, ``image_array`` read the
+    plate; ``create_label``, ``write_label``, ``has_label``, ``read_label`` work on this
+    store.  So the streaming predictor and the instance splitter use either.
+    """
+
+    def __init__(self, path: str | os.PathLike, plate_path: str | os.PathLike, *, mode="r"):
+        super().__init__(plate_path, mode="r")
+        self.label_path = Path(path)
+        if mode not in ("r", "r+"):
+            raise InputError(self.label_path, f"mode must be 'r' or 'r+', got {mode!r}")
+        if not self.label_path.is_dir():
+            raise InputError(self.label_path, "label store does not exist")
+        try:
+            self._lroot = _zarr().open_group(str(self.label_path), mode=mode)
+            info = self._lroot.attrs.asdict().get("brightseg")
+        except Exception as exc:  # noqa: BLE001 - any zarr failure is a bad store
+            raise InputError(
+                self.label_path, f"cannot open zarr store ({type(exc).__name__}: {exc})"
+            ) from None
+        if not isinstance(info, dict) or info.get("plate") != self.plate:
+            raise InputError(self.label_path, f"not a label store of plate {self.plate!r}")
+        self.mode = mode
+
+    def __repr__(self) -> str:
+        return f"LabelStore({str(self.label_path)!r}, plate={self.plate!r})"
+
+    def _label_source(self, field: str) -> str:
+        depth = len(Path(field).parts) + 2  # {field}/labels/{name}
+        rel = os.path.relpath(self.path.resolve(), self.label_path.resolve())
+        return "/".join([".."] * depth + [rel, field]) + "/"

@@ -51,14 +51,14 @@ def read_histories(run_dirs) -> pd.DataFrame:
     ----------
     run_dirs : iterable of path
         Directories ``.../{model}/{loss}`` holding ``history.csv`` and
-        ``epoch_NN.keras``; ``model`` and ``loss`` are taken from the last two
-        path components.
+        ``checkpoints/epoch_NN.keras``; ``model`` and ``loss`` are taken from the
+        last two path components.
 
     Returns
     -------
     DataFrame
         The history columns plus ``model``, ``loss`` and ``path`` (the
-        epoch's checkpoint path, ``{run_dir}/epoch_{NN}.keras``).
+        epoch's checkpoint path, ``{run_dir}/checkpoints/epoch_{NN}.keras``).
     """
     frames = []
     for d in run_dirs:
@@ -75,7 +75,9 @@ def read_histories(run_dirs) -> pd.DataFrame:
                 raise InputError(f, f"missing column {col!r}")
         df.insert(0, "loss_name", d.name)
         df.insert(0, "model", d.parent.name)
-        df["path"] = [os.fspath(d / f"epoch_{int(e):02d}.keras") for e in df["epoch"]]
+        df["path"] = [
+            os.fspath(d / "checkpoints" / f"epoch_{int(e):02d}.keras") for e in df["epoch"]
+        ]
         frames.append(df)
     if not frames:
         raise InputError(None, "no training runs given")
@@ -267,3 +269,19 @@ def backbone_table(histories: pd.DataFrame, params=None, *, last_n: int = 5) -> 
         )
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def stacked_histories(histories: list[str | os.PathLike]) -> pd.DataFrame:
+    """Every run's ``history.csv`` in one table, with ``model`` and ``loss_fn`` columns.
+
+    ``model`` and ``loss_fn`` are the run directory's last two components
+    (``results/models/{model}/{loss}/history.csv``).
+    """
+    frames = []
+    for h in histories:
+        run_dir = Path(h).parent
+        df = pd.read_csv(h)
+        df.insert(0, "loss_fn", run_dir.name)
+        df.insert(0, "model", run_dir.parent.name)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)

@@ -44,6 +44,7 @@ covered by later cells cropped), so they do not overlap.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -921,6 +922,15 @@ def _tiff_resolution(pixel_size_um: float) -> dict:
     """TIFF resolution tags for a pixel size (pixels per centimetre)."""
     ppcm = 1e4 / float(pixel_size_um)
     return {"resolution": (ppcm, ppcm), "resolutionunit": "CENTIMETER"}
+
+
+def derive_seed(seed: int, *keys: object) -> int:
+    """A 32-bit seed for one item (a plate, the evaluation set) from the config seed.
+
+    Derived by hashing, so adding a plate leaves every other plate's bytes unchanged.
+    """
+    text = ":".join([str(seed), *map(str, keys)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
 
 
 def synth_plate(

@@ -55,6 +55,9 @@ from .io import atomic_path, write_text
 
 log = logging.getLogger(__name__)
 
+#: Subdirectory of a run's ``out_dir`` holding its per-epoch checkpoints.
+CHECKPOINT_DIR = "checkpoints"
+
 __all__ = [
     "HISTORY_COLUMNS",
     "METRICS",
@@ -446,15 +449,15 @@ def canonicalize_keras_archive(path: str | os.PathLike) -> None:
 class _EpochCallback(keras.callbacks.Callback):
     """lr logging, atomic per-epoch checkpoints and history CSV, progress log."""
 
-    def __init__(self, out_dir: Path, epochs: int, label: str):
+    def __init__(self, out_dir: Path, ckpt_dir: Path, epochs: int, label: str):
         super().__init__()
-        self.out_dir, self.epochs, self.label = out_dir, epochs, label
+        self.out_dir, self.ckpt_dir, self.epochs, self.label = out_dir, ckpt_dir, epochs, label
         self.rows: list[dict] = []
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        path = self.out_dir / f"epoch_{epoch + 1:02d}.keras"
+        path = self.ckpt_dir / f"epoch_{epoch + 1:02d}.keras"
         # Checkpoints are for inference/selection: leave the optimizer state out
         # (Adam's two moments would add 2x the trainable weights to every file).
         optimizer = self.model.optimizer
@@ -617,6 +620,7 @@ def train_model(
     mining_kwargs: dict | None = None,
     in_memory="auto",
     run_eagerly: bool = False,
+    checkpoint_dir=None,
 ) -> dict:
     """Train one architecture with one loss and write checkpoints, history and card.
 
@@ -625,8 +629,8 @@ def train_model(
     store, manifest : path
         ``patches.zarr`` and ``manifest.parquet`` (see module docstring).
     out_dir : path
-        Output directory (e.g. ``results/models/{model}/{loss}``).  Previous
-        ``epoch_*.keras``, ``history.csv`` and ``card.json`` there are removed.
+        Output directory (e.g. ``results/models/{model}/{loss}``) of ``history.csv``,
+        ``card.json`` and ``tensorboard/``.  Previous outputs are removed.
     architecture, loss : str
         Keys of :data:`brightseg.models.ARCHITECTURES` and
         :data:`brightseg.losses.LOSSES`.
@@ -658,6 +662,9 @@ def train_model(
         See :class:`PatchData`.
     run_eagerly : bool
         Keras eager mode (debugging, tiny tests).
+    checkpoint_dir : path, optional
+        Where the per-epoch ``epoch_NN.keras`` go (default ``out_dir/checkpoints``; the
+        ``train`` rule declares it as a directory output).
 
     Returns
     -------
@@ -703,8 +710,10 @@ def train_model(
     n_train = data.train_index.size
     steps = steps_per_epoch or max(1, math.ceil(n_train / batch_size))
 
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out_dir / CHECKPOINT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
-    for old in [*out_dir.glob("epoch_*.keras"), out_dir / "history.csv", out_dir / "card.json"]:
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    for old in [*ckpt_dir.glob("epoch_*.keras"), out_dir / "history.csv", out_dir / "card.json"]:
         old.unlink(missing_ok=True)
     label = f"train {architecture}/{loss}"
 
@@ -734,7 +743,7 @@ def train_model(
         train_ds = make_dataset(data, sampler, size)
         val_batches = _val_specs(data, batch_size, size, val_steps)
         val_ds = make_dataset(data, lambda: iter(val_batches), size, len(val_batches))
-        epoch_cb = _EpochCallback(out_dir, epochs, label)
+        epoch_cb = _EpochCallback(out_dir, ckpt_dir, epochs, label)
         callbacks = []
         if hard_mining:
             callbacks.append(
@@ -781,7 +790,7 @@ def train_model(
         "stopped_early": bool(stopper is not None and stopper.stopped_epoch > 0),
         "best_epoch": best,
         "best_val_loss": None if best is None else float(hist["val_loss"].min()),
-        "best_checkpoint": None if best is None else f"epoch_{best:02d}.keras",
+        "best_checkpoint": None if best is None else f"{CHECKPOINT_DIR}/epoch_{best:02d}.keras",
     }
     write_text(json.dumps(card, indent=2, sort_keys=True) + "\n", out_dir / "card.json")
     log.info("%s: done, %d epochs, best epoch %s", label, len(hist), best)

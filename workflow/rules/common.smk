@@ -5,31 +5,45 @@ import pandas as pd
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from brightseg import config as bs_config
 from brightseg import cvat as bs_cvat
+from brightseg import evalsets as bs_evalsets
+from brightseg import maskfolder as bs_maskfolder
 from brightseg import sheet as bs_sheet
 from brightseg.errors import InputError
 
-validate(config, schema="../schemas/config.schema.yaml")
+# The whole config is checked once, against a schema that knows every key (an unknown key
+# stops the run here, with the closest valid name), and becomes typed, frozen blocks with
+# the defaults filled in. Rules pass the blocks' plain dicts as params (so Snakemake's
+# params trigger sees them) and only the keys that change each rule's output.
+try:
+    CFG = bs_config.Config.from_dict(
+        config, source=[str(f) for f in workflow.configfiles] or "config"
+    )
+except InputError as exc:
+    raise WorkflowError(f"brightseg: bad config: {exc}")
 
-ON_BAD_INPUT = config.get("on_bad_input", "error")
-SYNTH = config.get("demo", {}).get("synth", {}) or {}
+ON_BAD_INPUT = CFG["on_bad_input"]
+SEED = CFG["seed"]
+SYNTH = CFG["demo"]["synth"]
+SHEET = CFG["plates"]
 
 try:
-    PLATES = bs_sheet.read_sheet(config["plates"])
-    if config.get("plate_discovery"):
-        _disc = config["plate_discovery"]
+    PLATES = bs_sheet.read_sheet(SHEET)
+    if CFG["plate_discovery"]:
+        _disc = CFG["plate_discovery"]
         PLATES = pd.concat(
             [
                 PLATES,
                 bs_sheet.discover_plates(
                     _disc["pattern"],
-                    modality=_disc.get("modality", "brightfield"),
+                    modality=_disc["modality"],
                     pixel_size_um=_disc["pixel_size_um"],
                     known=set(PLATES.index),
                 ),
             ]
         )
-    REGEX = bs_sheet.compile_regex(config["filename_regex"])
+    REGEX = bs_sheet.compile_regex(CFG["filename_regex"])
     # Plates on disk are checked now, before any job runs: a missing directory, a regex
     # that matches nothing, or two images on one well/field/timepoint stop the run here.
     for _plate, _row in PLATES.iterrows():
@@ -38,7 +52,7 @@ try:
                 _plate,
                 _row["images"],
                 REGEX,
-                sheet_path=config["plates"],
+                sheet_path=SHEET,
                 on_bad_input=ON_BAD_INPUT,
             )
     # Annotation exports on disk are parsed now too: a malformed XML (or, under
@@ -47,17 +61,25 @@ try:
     _cvat_log = logging.getLogger("brightseg.cvat")
     _cvat_level = _cvat_log.level
     _cvat_log.setLevel(logging.ERROR)
+    _labels = CFG.annotations.labels
     try:
         for _plate, _row in PLATES.iterrows():
             _ann = _row["annotations"]
             if _ann and _plate not in SYNTH and not Path(_ann).is_dir():
                 bs_cvat.load_annotations(
                     _ann,
-                    labels=(config.get("annotations", {}) or {}).get("labels"),
+                    labels=list(_labels) if _labels is not None else None,
                     on_bad_input=ON_BAD_INPUT,
                 )
     finally:
         _cvat_log.setLevel(_cvat_level)
+    # Per-plate illumination: the sheet's optional columns override the config block for
+    # one plate (checked against the schema), so changing one plate's setting reruns only
+    # that plate's jobs.
+    PLATE_ILLUMINATION = {
+        _plate: bs_config.plate_illumination(CFG.illumination, _row, sheet=SHEET)
+        for _plate, _row in PLATES.iterrows()
+    }
 except InputError as exc:
     raise WorkflowError(f"brightseg: bad input: {exc}")
 
@@ -90,23 +112,33 @@ def plate_param(name):
     return lambda wildcards: PLATES.loc[wildcards.plate, name]
 
 
-def _model_runs():
-    """One row per training job: (model, loss) with the rest of its spec."""
-    rows = []
-    for spec in config.get("models", []):
-        name = spec.get("name", spec["architecture"])
-        rows.append(dict(spec, model=name, loss=spec["loss"]))
-    runs = pd.DataFrame(rows, columns=["model", "loss", "architecture"])
-    if runs.duplicated(["model", "loss"]).any():
-        raise WorkflowError("config models: each (name, loss) pair must be unique")
-    return runs, {(r["model"], r["loss"]): r for r in rows}
+def plate_illumination(wildcards):
+    return PLATE_ILLUMINATION[wildcards.plate].as_dict()
 
 
-MODEL_RUNS, MODEL_SPECS = _model_runs()
+MODEL_SPECS = {(m.name, m.loss): m for m in CFG.models}
+if len(MODEL_SPECS) != len(CFG.models):
+    raise WorkflowError(
+        "brightseg: bad config: models: each (name, loss) pair must be unique"
+    )
+MODEL_RUNS = pd.DataFrame(
+    [{"model": m.name, "loss": m.loss} for m in CFG.models], columns=["model", "loss"]
+)
 
 
-LIVECELL = config.get("livecell", {}) or {}
-LIVECELL_ON = bool(LIVECELL.get("enabled", False))
+def model_spec(wildcards):
+    return MODEL_SPECS[(wildcards.model, wildcards.loss)].as_dict()
+
+
+def run_outputs(leaf):
+    """One path per training run (model, loss): results/models/{model}/{loss}/<leaf>."""
+    return expand(
+        "results/models/{run.model}/{run.loss}/" + leaf, run=MODEL_RUNS.itertuples()
+    )
+
+
+LIVECELL = CFG.livecell
+LIVECELL_ON = LIVECELL.enabled
 FIGURES = ["training_curves", "ensemble_ablation", "backbone_comparison", "morphometry"]
 if LIVECELL_ON:
     FIGURES.append("livecell_groups")
@@ -114,37 +146,27 @@ if LIVECELL_ON:
 
 def livecell_inputs(wildcards):
     """The synthetic fixture's directory (demo), or the real annotation files."""
-    if LIVECELL.get("synth", False):
+    if LIVECELL.synth:
         return ["results/demo/livecell"]
-    return list(LIVECELL.get("annotations", []))
+    return list(LIVECELL.annotations)
 
 
 def stats_input():
-    if config["stats"].get("input", "evaluation") == "livecell" and LIVECELL_ON:
+    if CFG.stats.input == "livecell" and LIVECELL_ON:
         return "results/tables/livecell/per_image.parquet"
     return "results/tables/evaluation.parquet"
 
 
 def figure_inputs(wildcards):
     inputs = {
-        "histories": expand(
-            "results/models/{run.model}/{run.loss}/history.csv",
-            run=MODEL_RUNS.itertuples(),
-        ),
-        "cards": expand(
-            "results/models/{run.model}/{run.loss}/card.json",
-            run=MODEL_RUNS.itertuples(),
-        ),
+        "histories": run_outputs("history.csv"),
+        "cards": run_outputs("card.json"),
         "ablation": "results/tables/ablation.parquet",
         "cells": expand("results/tables/{plate}/cells.parquet", plate=PLATE_IDS),
     }
     if LIVECELL_ON:
         inputs["livecell"] = "results/tables/livecell/per_image.parquet"
     return inputs
-
-
-def model_spec(wildcards):
-    return MODEL_SPECS[(wildcards.model, wildcards.loss)]
 
 
 def all_targets():
@@ -163,30 +185,25 @@ def all_targets():
     return targets
 
 
-# --- Bring your own data (issue #8): mask folders, patch sets, evaluation sets -------------
+# --- Bring your own data: mask folders, patch sets, evaluation sets ---------------------
 
-from brightseg import byod as bs_byod
-
-ANNOTATIONS_CFG = config.get("annotations", {}) or {}
-MASK_THRESHOLD = float(ANNOTATIONS_CFG.get("mask_threshold", 127))
-MASK_SUFFIX = str(ANNOTATIONS_CFG.get("mask_suffix", "") or "")
-COMPARISON = config.get("comparison", {}) or {}
-DEMO_EVALSET = (config.get("demo", {}) or {}).get("evalset")
+DEMO_EVALSET = CFG["demo"]["evalset"]
 EVALSET_SYNTH_DIR = "results/demo/evalset"
 OTSU_BASELINE_DIR = "results/evalsets/{evalset}/otsu"
 
 try:
-    PATCH_SETS = bs_byod.resolve_patch_sets(
-        config.get("training", {}).get("patch_sets") or [],
-        illumination=config["illumination"],
-        mask_threshold=MASK_THRESHOLD,
+    PATCH_SETS = bs_maskfolder.resolve_patch_sets(
+        CFG.training.patch_sets,
+        illumination=CFG.illumination.as_dict(),
+        mask_threshold=CFG.annotations.mask_threshold,
         on_bad_input=ON_BAD_INPUT,
     )
-    _evalset_names = [s.get("name") for s in config.get("evaluation_sets") or []]
-    EVALSETS = bs_byod.resolve_evaluation_sets(
-        config.get("evaluation_sets") or [],
+    EVALSETS = bs_evalsets.resolve_evaluation_sets(
+        CFG["evaluation_sets"],
         synth_dir=EVALSET_SYNTH_DIR,
-        produced=[OTSU_BASELINE_DIR.format(evalset=n) for n in _evalset_names],
+        produced=[
+            OTSU_BASELINE_DIR.format(evalset=s["name"]) for s in CFG["evaluation_sets"]
+        ],
     )
 except InputError as exc:
     raise WorkflowError(f"brightseg: bad input: {exc}")
@@ -195,13 +212,6 @@ if any(s["synth"] for s in EVALSETS.values()) and not DEMO_EVALSET:
     raise WorkflowError(
         "evaluation_sets: an entry has synth: true but config has no demo.evalset"
     )
-
-
-def augment_training_params():
-    """The training block, with the resolved patch sets when there are any."""
-    if not PATCH_SETS:
-        return config["training"]
-    return dict(config["training"], patch_sets=PATCH_SETS)
 
 
 def _evalset(wildcards):
@@ -239,6 +249,6 @@ def evalset_targets():
 
 if not TRAINING and not PATCH_SETS and len(MODEL_RUNS):
     raise WorkflowError(
-        f"{config['plates']}: no plate has use_for_training and no training.patch_sets are "
+        f"{SHEET}: no plate has use_for_training and no training.patch_sets are "
         "given, but config lists models to train"
     )

@@ -13,7 +13,7 @@ rule synth_plate:
         "../../envs/imaging.yaml"
     params:
         spec=lambda wildcards: SYNTH[wildcards.plate],
-        seed=config.get("seed", 0),
+        seed=SEED,
         pixel_size_um=plate_param("pixel_size_um"),
     script:
         "../../scripts/synth_plate.py"

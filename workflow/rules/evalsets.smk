@@ -15,7 +15,7 @@ rule synth_evalset:
         "../../envs/imaging.yaml"
     params:
         spec=DEMO_EVALSET or {},
-        seed=config.get("seed", 0),
+        seed=SEED,
     script:
         "../../scripts/synth_evalset.py"
 
@@ -31,7 +31,7 @@ rule evalset_baseline:
         "../../envs/imaging.yaml"
     params:
         images=lambda wildcards: _evalset(wildcards)["images"],
-        otsu=COMPARISON.get("otsu", {}),
+        otsu=CFG.comparison.otsu,
     script:
         "../../scripts/evalset_baseline.py"
 
@@ -77,6 +77,7 @@ rule evalset_compare:
             subcategory="{evalset}",
         ),
         overlay_counts="results/figures/evalsets/{evalset}/overlays.parquet",
+        predictions=directory("results/evalsets/{evalset}/ensemble"),
     log:
         "logs/evalset_compare/{evalset}.log",
     benchmark:
@@ -90,10 +91,10 @@ rule evalset_compare:
         runtime=4 * 60,
     params:
         spec=_evalset,
-        inference=config["inference"],
-        illumination=config["illumination"],
-        threshold=MASK_THRESHOLD,
-        paired_metrics=COMPARISON.get("paired_metrics", ["f1", "dice", "iou", "hd95"]),
-        seed=config.get("seed", 0),
+        inference=CFG.inference.as_dict(),
+        illumination=CFG.illumination.as_dict(),
+        threshold=CFG.annotations.mask_threshold,
+        paired_metrics=list(CFG.comparison.paired_metrics),
+        seed=SEED,
     script:
         "../../scripts/evalset_compare.py"

@@ -43,8 +43,8 @@ rule evaluate:
         stores={p: f"results/plates/{p}.ome.zarr" for p in ANNOTATED},
         annotations={p: f"results/annotations/{p}/manifest.parquet" for p in ANNOTATED},
         training_plates=TRAINING,
-        inference=config["inference"],
-        instances=config["instances"],
+        inference=CFG.inference.as_dict(),
+        instances=CFG.instances.as_dict(),
     script:
         "../../scripts/evaluate.py"
 
@@ -57,8 +57,8 @@ rule synth_livecell:
     conda:
         "../../envs/imaging.yaml"
     params:
-        seed=config.get("seed", 0),
-        n_per_line=LIVECELL.get("synth_n_per_line", 2),
+        seed=SEED,
+        n_per_line=LIVECELL.synth_n_per_line,
     script:
         "../../scripts/synth_livecell.py"
 
@@ -66,7 +66,7 @@ rule synth_livecell:
 rule livecell_import:
     input:
         livecell_inputs,
-        exclude=LIVECELL.get("exclude", "resources/livecell_excluded.txt"),
+        exclude=LIVECELL.exclude,
     output:
         index="results/livecell/index.parquet",
         qc=report(
@@ -81,8 +81,8 @@ rule livecell_import:
     conda:
         "../../envs/imaging.yaml"
     params:
-        annotations=LIVECELL.get("annotations", []),
-        images=LIVECELL.get("images", ""),
+        annotations=list(LIVECELL.annotations),
+        images=LIVECELL.images,
     script:
         "../../scripts/livecell_import.py"
 
@@ -106,10 +106,10 @@ rule livecell_predict:
         mem_mb=16000,
         runtime=4 * 60,
     params:
-        inference=config["inference"],
-        instances=config["instances"],
-        illumination=config["illumination"],
-        pixel_size_um=LIVECELL.get("pixel_size_um", 1.24),
+        inference=CFG.inference.as_dict(),
+        instances=CFG.instances.as_dict(),
+        illumination=CFG.illumination.as_dict(),
+        pixel_size_um=LIVECELL.pixel_size_um,
     script:
         "../../scripts/livecell_predict.py"
 
@@ -145,7 +145,7 @@ rule livecell_report:
     conda:
         "../../envs/stats.yaml"
     params:
-        threshold=LIVECELL.get("f1_threshold", 0.888),
+        threshold=LIVECELL.f1_threshold,
     script:
         "../../scripts/livecell_report.py"
 
@@ -166,7 +166,7 @@ rule stats_report:
     conda:
         "../../envs/stats.yaml"
     params:
-        stats=config["stats"],
+        stats=CFG.stats.as_dict(),
     script:
         "../../scripts/stats_report.py"
 
@@ -193,6 +193,6 @@ rule figures:
     conda:
         "../../envs/stats.yaml"
     params:
-        seed=config.get("seed", 0),
+        seed=SEED,
     script:
         "../../scripts/figures.py"

@@ -6,7 +6,8 @@ rule predict:
         store="results/plates/{plate}.ome.zarr",
         ensemble="results/models/ensemble.tsv",
     output:
-        "results/predictions/{plate}.tsv",
+        labels=directory("results/predictions/{plate}.zarr"),
+        summary="results/predictions/{plate}.tsv",
     log:
         "logs/predict/{plate}.log",
     benchmark:
@@ -19,7 +20,7 @@ rule predict:
         mem_mb=16000,
         runtime=4 * 60,
     params:
-        inference=config["inference"],
+        inference=CFG.inference.as_dict(),
     script:
         "../../scripts/predict.py"
 
@@ -27,9 +28,10 @@ rule predict:
 rule split_instances:
     input:
         store="results/plates/{plate}.ome.zarr",
-        predictions="results/predictions/{plate}.tsv",
+        predictions="results/predictions/{plate}.zarr",
     output:
-        "results/instances/{plate}.tsv",
+        labels=directory("results/instances/{plate}.zarr"),
+        summary="results/instances/{plate}.tsv",
     log:
         "logs/split_instances/{plate}.log",
     benchmark:
@@ -37,7 +39,7 @@ rule split_instances:
     conda:
         "../../envs/imaging.yaml"
     params:
-        instances=config["instances"],
+        instances=CFG.instances.as_dict(),
         pixel_size_um=plate_param("pixel_size_um"),
     script:
         "../../scripts/split_instances.py"
@@ -46,11 +48,12 @@ rule split_instances:
 rule measure_cells:
     input:
         store="results/plates/{plate}.ome.zarr",
-        instances="results/instances/{plate}.tsv",
+        instances="results/instances/{plate}.zarr",
     output:
         cells="results/tables/{plate}/cells.parquet",
         images="results/tables/{plate}/images.parquet",
         overlays=directory("results/qc/overlays/{plate}"),
+        exports=directory("results/tables/{plate}/exports"),
     log:
         "logs/measure_cells/{plate}.log",
     benchmark:
@@ -58,8 +61,7 @@ rule measure_cells:
     conda:
         "../../envs/imaging.yaml"
     params:
-        n_overlays=config["morphometry"].get("n_overlays", 4),
-        export=config["morphometry"].get("export", {}),
+        morphometry=CFG.morphometry.as_dict(),
     script:
         "../../scripts/measure_cells.py"
 

@@ -16,10 +16,8 @@ rule import_annotations:
         "../../envs/imaging.yaml"
     params:
         images=plate_param("images"),
-        labels=config.get("annotations", {}).get("labels", ["cell"]),
+        annotations=CFG.annotations.as_dict(),
         on_bad_input=ON_BAD_INPUT,
-        mask_threshold=MASK_THRESHOLD,
-        mask_suffix=MASK_SUFFIX,
     script:
         "../../scripts/import_annotations.py"
 
@@ -38,11 +36,11 @@ rule correct_illumination:
         "../../envs/imaging.yaml"
     params:
         images=plate_param("images"),
-        regex=lambda wildcards: config["filename_regex"],
+        regex=lambda wildcards: CFG["filename_regex"],
         modality=plate_param("modality"),
         pixel_size_um=plate_param("pixel_size_um"),
-        illumination=config["illumination"],
-        chunk=config.get("plate_store", {}).get("chunk", 256),
+        illumination=plate_illumination,
+        chunk=CFG["plate_store"]["chunk"],
         on_bad_input=ON_BAD_INPUT,
     script:
         "../../scripts/correct_illumination.py"

@@ -17,8 +17,9 @@ rule augment:
     conda:
         "../../envs/augment.yaml"
     params:
-        training=augment_training_params(),
-        seed=config.get("seed", 0),
+        training=CFG.training.subset(CFG.training.AUGMENT_KEYS),
+        patch_sets=PATCH_SETS,
+        seed=SEED,
     script:
         "../../scripts/augment.py"
 
@@ -38,8 +39,8 @@ rule split:
     conda:
         "../../envs/augment.yaml"
     params:
-        training=config["training"],
-        seed=config.get("seed", 0),
+        val_fraction=CFG.training.val_fraction,
+        seed=SEED,
     script:
         "../../scripts/split.py"
 
@@ -59,7 +60,7 @@ rule gallery:
     conda:
         "../../envs/augment.yaml"
     params:
-        seed=config.get("seed", 0),
+        seed=SEED,
     script:
         "../../scripts/gallery.py"
 
@@ -71,6 +72,8 @@ rule train:
     output:
         history="results/models/{model}/{loss}/history.csv",
         card="results/models/{model}/{loss}/card.json",
+        checkpoints=directory("results/models/{model}/{loss}/checkpoints"),
+        tensorboard=directory("results/models/{model}/{loss}/tensorboard"),
     log:
         "logs/train/{model}/{loss}.log",
     benchmark:
@@ -84,19 +87,17 @@ rule train:
         runtime=24 * 60,
     params:
         spec=model_spec,
-        training=config["training"],
-        seed=config.get("seed", 0),
-        keras_home=config.get("keras_home", "results/keras"),
+        training=CFG.training.subset(CFG.training.TRAIN_KEYS),
+        seed=SEED,
+        keras_home=CFG["keras_home"],
     script:
         "../../scripts/train.py"
 
 
 rule select_checkpoints:
     input:
-        expand(
-            "results/models/{run.model}/{run.loss}/history.csv",
-            run=MODEL_RUNS.itertuples(),
-        ),
+        histories=run_outputs("history.csv"),
+        checkpoints=run_outputs("checkpoints"),
     output:
         report(
             "results/models/ensemble.tsv",
@@ -108,7 +109,6 @@ rule select_checkpoints:
     conda:
         "../../envs/tensorflow.yaml"
     params:
-        k=config["ensemble"]["top_k"],
-        window=config["ensemble"].get("stability_window", 1),
+        ensemble=CFG.ensemble.as_dict(),
     script:
         "../../scripts/select_checkpoints.py"

@@ -1,4 +1,5 @@
-"""Bring your own data (issue #8): mask-folder annotations, patch sets, evaluation sets."""
+"""The rule layer (brightseg.rules) on bring-your-own data: mask-folder annotations, patch
+sets, evaluation sets, and the domain helpers those rules use."""
 
 from __future__ import annotations
 
@@ -13,16 +14,20 @@ from PIL import Image
 from scipy import ndimage as ndi
 from scipy import stats
 
-from brightseg import byod
+import brightseg.rules.evalsets
 from brightseg.errors import InputError
-from brightseg.evalsets import per_image_table
+from brightseg.evalsets import comparison_tables, per_image_table, resolve_evaluation_sets
 from brightseg.io import read_image
-from brightseg.pipeline import (
-    build_training_set,
-    correct_plate,
-    import_annotations,
-    split_training_set,
+from brightseg.maskfolder import (
+    group_by_source,
+    import_mask_annotations,
+    patch_set_training_pairs,
+    resolve_patch_sets,
 )
+from brightseg.rules.evalsets import evalset_baseline, evalset_compare
+from brightseg.rules.preprocess import correct_illumination, import_annotations
+from brightseg.rules.training import augment, split
+from brightseg.sheet import list_images
 from brightseg.synth import synth_plate
 
 REGEX = r"_(?P<row>[A-P])(?P<column>\d{2})_f(?P<field>\d+)_t(?P<timepoint>\d+)$"
@@ -48,21 +53,23 @@ def cvat_import(plate, tmp_path_factory) -> Path:
         str(out / "manifest.parquet"),
         str(out / "skipped.tsv"),
         plate="p1",
-        labels=["cell"],
+        annotations={"labels": ["cell"]},
         on_bad_input="error",
     )
     return out
 
 
-def _import_folder(masks: Path, images: str, out: Path, **kw) -> pd.DataFrame:
+def _import_folder(
+    masks: Path, images: str, out: Path, on_bad_input: str = "error", **kw
+) -> pd.DataFrame:
     import_annotations(
         str(masks),
         images,
         str(out / "manifest.parquet"),
         str(out / "skipped.tsv"),
         plate="p1",
-        labels=["cell"],
-        **{"on_bad_input": "error", **kw},
+        annotations={"labels": ["cell"], **kw},
+        on_bad_input=on_bad_input,
     )
     return pd.read_parquet(out / "manifest.parquet")
 
@@ -91,7 +98,8 @@ def test_mask_folder_of_labels_imports_like_cvat(plate, cvat_import, tmp_path):
     skipped = pd.read_csv(tmp_path / "out/skipped.tsv", sep="\t")
     assert skipped.empty and list(skipped.columns) == ["stage", "plate", "file", "reason"]
     # no staging folder is left behind
-    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+    out = tmp_path / "out"
+    assert not out.exists() or not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
 def test_binary_png_masks_give_the_cvat_foreground(plate, cvat_import, tmp_path):
@@ -145,7 +153,9 @@ def test_mask_without_image_names_the_mask(plate, cvat_import, tmp_path):
     _jpeg_masks(cvat_import, tmp_path / "masks", list(ref["stem"]), suffix="")
     stray = tmp_path / "masks" / "p1_H12_f00_t00.jpg"
     Image.new("L", (96, 80)).save(stray)
-    with pytest.raises(InputError, match="p1_H12_f00_t00.jpg: no image of plate"):
+    with pytest.raises(
+        InputError, match="p1_H12_f00_t00.jpg: no image for this mask in plate .p1."
+    ):
         _import_folder(tmp_path / "masks", str(plate / "images"), tmp_path / "out")
     assert not (tmp_path / "out/manifest.parquet").exists()
 
@@ -164,10 +174,17 @@ def test_mask_size_mismatch_error_names_the_users_file(plate, cvat_import, tmp_p
     bad = masks / f"{ref['stem'][0]}.jpg"
     Image.new("L", (50, 40)).save(bad)
     with pytest.raises(InputError) as err:
-        byod.import_mask_annotations(masks, str(plate / "images"), tmp_path / "out", plate="p1")
+        import_mask_annotations(
+            masks,
+            list_images(str(plate / "images")),
+            tmp_path / "out",
+            plate="p1",
+            images_where=str(plate / "images"),
+        )
     assert err.value.path == str(bad)
     assert ".mask-import-" not in str(err.value)
-    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+    out = tmp_path / "out"
+    assert not out.exists() or not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
 def test_correct_plate_reads_tiff_png_jpeg_grey_and_rgb(tmp_path):
@@ -184,7 +201,7 @@ def test_correct_plate_reads_tiff_png_jpeg_grey_and_rgb(tmp_path):
     Image.fromarray(np.dstack([grey8] * 3)).save(d / "q_A04_f00_t00.jpg", quality=95)
     tint = np.dstack([grey8, (grey8 * 0.8).astype(np.uint8), (grey8 * 0.6).astype(np.uint8)])
     tifffile.imwrite(d / "q_A05_f00_t00.tif", tint, photometric="rgb")  # RGB: luminance
-    correct_plate(
+    correct_illumination(
         str(d),
         str(tmp_path / "q.ome.zarr"),
         str(tmp_path / "skipped.tsv"),
@@ -193,6 +210,7 @@ def test_correct_plate_reads_tiff_png_jpeg_grey_and_rgb(tmp_path):
         modality="brightfield",
         pixel_size_um=0.65,
         illumination=ILLUMINATION,
+        chunk=256,
     )
     from brightseg.platestore import open_plate
 
@@ -207,10 +225,10 @@ def test_correct_plate_reads_tiff_png_jpeg_grey_and_rgb(tmp_path):
     np.testing.assert_allclose(imgs["q_A01_f00_t00"], imgs["q_A02_f00_t00"], atol=2e-5)
     np.testing.assert_array_equal(imgs["q_A02_f00_t00"], imgs["q_A03_f00_t00"])
     assert np.corrcoef(imgs["q_A02_f00_t00"].ravel(), imgs["q_A04_f00_t00"].ravel())[0, 1] > 0.9
-    from brightseg.illumination import correct_illumination
+    from brightseg.illumination import correct_illumination as tophat_correct
 
     lum = np.round(tint.astype(np.float64) @ [0.299, 0.587, 0.114]).astype(np.float32)
-    want = correct_illumination(lum, 10, mode="black", method="fast")
+    want = tophat_correct(lum, 10, mode="black", method="fast")
     np.testing.assert_allclose(imgs["q_A05_f00_t00"], want, atol=1e-4)
     cell = imgs["q_A05_f00_t00"][22:32, 27:38].mean()
     assert cell > imgs["q_A05_f00_t00"][45:60, 5:20].mean()  # black top-hat: the cell is bright
@@ -258,7 +276,8 @@ def test_patch_set_training_store_groups_by_source(tmp_path):
         ],
     }
     zarr_path, unsplit = tmp_path / "patches.zarr", tmp_path / "unsplit.parquet"
-    build_training_set([], [], str(zarr_path), str(unsplit), training=training, seed=1)
+    patch_sets = resolve_patch_sets(training.pop("patch_sets"))
+    augment([], [], str(zarr_path), str(unsplit), training=training, patch_sets=patch_sets, seed=1)
     man = pd.read_parquet(unsplit)
     assert len(man) == 16 * 2  # 16 patches, each one tile (patch_size), 2 variants
     assert set(man["source_image"]) == {"src0", "src1", "src2", "src3"}
@@ -277,11 +296,9 @@ def test_patch_set_training_store_groups_by_source(tmp_path):
         np.testing.assert_array_equal(stored, np.dstack([img] * 3))
         np.testing.assert_array_equal(np.asarray(root["masks"][row.index]), fg.astype(np.uint8))
 
-    split = tmp_path / "manifest.parquet"
-    split_training_set(
-        str(unsplit), str(split), str(tmp_path / "summary.tsv"), training=training, seed=1
-    )
-    df = pd.read_parquet(split)
+    split_path = tmp_path / "manifest.parquet"
+    split(str(unsplit), str(split_path), str(tmp_path / "summary.tsv"), val_fraction=0.25, seed=1)
+    df = pd.read_parquet(split_path)
     sides = df.groupby("source_image")["split"].nunique()
     assert (sides == 1).all()  # no source image on both sides
     per_side = df.groupby("split")["source_image"].nunique().to_dict()
@@ -293,36 +310,36 @@ def test_patch_set_training_store_groups_by_source(tmp_path):
 def test_patch_set_illumination_correction_is_applied(tmp_path):
     images, masks, originals = _patch_set(tmp_path / "ps", n_sources=1)
     spec = {"name": "lab", "images": str(images), "masks": str(masks)}
-    resolved = byod.resolve_patch_sets([spec], illumination=ILLUMINATION)
+    resolved = resolve_patch_sets([spec], illumination=ILLUMINATION)
     assert resolved[0]["illumination"] == ILLUMINATION and resolved[0]["plate"] == "lab"
-    assert byod.resolve_patch_sets(resolved) == resolved  # idempotent
+    assert resolve_patch_sets(resolved) == resolved  # idempotent
     groups: dict[str, str] = {}
-    pairs = list(byod.patch_set_training_pairs(resolved, groups=groups))
+    pairs = list(patch_set_training_pairs(resolved, groups=groups))
     assert groups == {f"lab:{s}": "src0" for s in originals}
-    from brightseg.illumination import correct_illumination
+    from brightseg.illumination import correct_illumination as tophat_correct
 
     for pair in pairs:
         img, _ = originals[pair["image_id"].removeprefix("lab:")]
-        want = correct_illumination(img.astype(np.float32), 10, mode="black", method="fast")
+        want = tophat_correct(img.astype(np.float32), 10, mode="black", method="fast")
         np.testing.assert_allclose(pair["image"], want, atol=1e-6)
 
 
 def test_resolve_patch_sets_errors(tmp_path):
     with pytest.raises(InputError, match="no .*source"):
-        byod.resolve_patch_sets(
+        resolve_patch_sets(
             [{"images": str(tmp_path), "masks": str(tmp_path), "name_regex": r"^(?P<x>.+)$"}]
         )
     with pytest.raises(InputError, match="does not exist"):
-        byod.resolve_patch_sets([{"images": str(tmp_path / "nope"), "masks": str(tmp_path)}])
+        resolve_patch_sets([{"images": str(tmp_path / "nope"), "masks": str(tmp_path)}])
     with pytest.raises(InputError, match="unique"):
         spec = {"name": "a", "images": str(tmp_path), "masks": str(tmp_path)}
-        byod.resolve_patch_sets([spec, spec])
+        resolve_patch_sets([spec, spec])
 
 
 def test_group_by_source_keeps_plate_images():
     man = pd.DataFrame({"source_image": ["img1", "lab:a_0_0", "lab:a_0_32", "lab:b_0_0"]})
     groups = {"lab:a_0_0": "a", "lab:a_0_32": "a", "lab:b_0_0": "b"}
-    assert byod.group_by_source(man, groups)["source_image"].tolist() == ["img1", "a", "a", "b"]
+    assert group_by_source(man, groups)["source_image"].tolist() == ["img1", "a", "a", "b"]
 
 
 # --------------------------------------------------------------------------- evaluation sets
@@ -344,7 +361,7 @@ def test_comparison_tables_pair_against_baselines_only():
     ens = [0.9, 0.8, 0.85, 0.95]
     otsu = [0.7, 0.75, 0.6, 0.9]
     long_df = _long({"ensemble": ens, "otsu": otsu, "unet/bce/e03": [0.5, 0.6, 0.7, 0.8]})
-    t = byod.comparison_tables(long_df, baselines=["otsu"], paired_metrics=["f1", "dice"])
+    t = comparison_tables(long_df, baselines=["otsu"], paired_metrics=["f1", "dice"])
     paired = t["paired"]
     assert paired["baseline"].tolist() == ["otsu", "otsu"]  # no checkpoint rows
     assert paired["metric"].tolist() == ["f1", "dice"]
@@ -363,7 +380,7 @@ def test_comparison_tables_pair_against_baselines_only():
     summary = t["summary"].set_index(["method", "metric"])
     assert summary.loc[("otsu", "f1"), "mean"] == pytest.approx(np.mean(otsu))
 
-    none = byod.comparison_tables(long_df, baselines=[])["paired"]
+    none = comparison_tables(long_df, baselines=[])["paired"]
     assert none.empty and "cohens_dz" in none.columns
 
 
@@ -373,12 +390,16 @@ def _disk(shape, cy, cx, r):
 
 
 class _FakeEnsemble:
-    """Stands in for brightseg.evaluate.Ensemble: predictions fixed per image shape."""
+    """Stands in for brightseg.ensemble.Ensemble: predictions fixed per image shape."""
 
     by_shape: dict = {}
 
-    def __init__(self, ensemble_tsv, inference):
+    def __init__(self):
         self.names = ["m/a/e01", "m/b/e02"]
+
+    @classmethod
+    def load(cls, ensemble_tsv, inference):
+        return cls()
 
     def predict(self, image):
         assert image.dtype == np.float32 and 0 <= image.min() and image.max() <= 1  # corrected
@@ -404,7 +425,7 @@ def _eval_set(root: Path) -> tuple[dict, dict]:
             else:
                 Image.fromarray(arr.astype(np.uint8)).save(root / sub / f"{name}.png")
         _FakeEnsemble.by_shape[shape] = preds[name]
-    spec = byod.resolve_evaluation_sets(
+    spec = resolve_evaluation_sets(
         [
             {
                 "name": "toy",
@@ -434,17 +455,16 @@ def _outputs(d: Path) -> dict:
         "metrics_png": d / "fig/metrics.png",
         "overlays": d / "fig/overlays",
         "overlay_counts": d / "fig/overlays.parquet",
+        "predictions": d / "ensemble",
     }
 
 
 def test_evaluate_set_scores_every_method_and_is_deterministic(tmp_path, monkeypatch):
-    import brightseg.evaluate
-
-    monkeypatch.setattr(brightseg.evaluate, "Ensemble", _FakeEnsemble)
+    monkeypatch.setattr(brightseg.rules.evalsets, "Ensemble", _FakeEnsemble)
     spec, masks = _eval_set(tmp_path / "set")
     kw = dict(inference={}, illumination=ILLUMINATION, paired_metrics=["f1"])
-    long_df = byod.evaluate_set("unused.tsv", spec, _outputs(tmp_path / "o1"), **kw)
-    byod.evaluate_set("unused.tsv", spec, _outputs(tmp_path / "o2"), **kw)
+    long_df = evalset_compare("unused.tsv", spec, _outputs(tmp_path / "o1"), **kw)
+    evalset_compare("unused.tsv", spec, _outputs(tmp_path / "o2"), **kw)
 
     assert set(long_df["method"]) == {"ensemble", "m/a/e01", "m/b/e02", "other"}
     assert set(long_df["image"]) == {"a", "b"} and set(long_df["set"]) == {"toy"}
@@ -474,17 +494,24 @@ def test_evaluate_set_scores_every_method_and_is_deterministic(tmp_path, monkeyp
         }
 
     d1, d2 = digest(tmp_path / "o1"), digest(tmp_path / "o2")
-    assert len(d1) == 12 and d1 == d2
+    assert len(d1) == 16 and d1 == d2
+    # the ensemble's masks and probabilities are saved per image, to inspect and reuse
+    for stem in "ab":
+        saved = read_image(tmp_path / "o1/ensemble" / f"{stem}_mask.png")
+        shape = saved.shape
+        np.testing.assert_array_equal(saved > 0, _FakeEnsemble.by_shape[shape] > 0)
+        prob = read_image(tmp_path / "o1/ensemble" / f"{stem}_prob.png")
+        np.testing.assert_array_equal(
+            prob, np.rint(_FakeEnsemble.by_shape[shape] * 0.45 * 255).astype(np.uint8)
+        )
 
 
 def test_evaluate_set_rejects_a_baseline_named_like_a_checkpoint(tmp_path, monkeypatch):
-    import brightseg.evaluate
-
-    monkeypatch.setattr(brightseg.evaluate, "Ensemble", _FakeEnsemble)
+    monkeypatch.setattr(brightseg.rules.evalsets, "Ensemble", _FakeEnsemble)
     spec, _ = _eval_set(tmp_path / "set")
     spec = dict(spec, baselines={"m/a/e01": spec["baselines"]["other"]})
     with pytest.raises(InputError, match="taken"):
-        byod.evaluate_set(
+        evalset_compare(
             "x.tsv", spec, _outputs(tmp_path / "o"), inference={}, illumination=ILLUMINATION
         )
 
@@ -492,7 +519,7 @@ def test_evaluate_set_rejects_a_baseline_named_like_a_checkpoint(tmp_path, monke
 def test_resolve_evaluation_sets(tmp_path):
     (tmp_path / "i").mkdir()
     (tmp_path / "m").mkdir()
-    sets = byod.resolve_evaluation_sets(
+    sets = resolve_evaluation_sets(
         [
             {"name": "demo", "synth": True, "baselines": {"otsu": "results/evalsets/demo/otsu/"}},
             {"name": "real", "images": str(tmp_path / "i"), "masks": str(tmp_path / "m")},
@@ -511,12 +538,12 @@ def test_resolve_evaluation_sets(tmp_path):
         ([{"name": "x", "synth": True, "baselines": {"cp": str(tmp_path / "no")}}], "cp"),
     ):
         with pytest.raises(InputError, match=match):
-            byod.resolve_evaluation_sets(bad)
+            resolve_evaluation_sets(bad)
 
 
 def test_otsu_baseline_for_set_and_per_image_table(tmp_path):
     spec, masks = _eval_set(tmp_path / "set")
-    df = byod.otsu_baseline_for_set(
+    df = evalset_baseline(
         spec["images"], str(tmp_path / "otsu"), otsu={"radius_px": 15, "sigma": 1.0}
     )
     assert sorted(p.name for p in (tmp_path / "otsu").iterdir()) == ["a.png", "b.png"]

@@ -1,7 +1,6 @@
-"""Rule-level evaluation: held-out metrics, ablation, LIVECell validation, statistics, figures.
+"""Rules of the evaluation stage: held-out metrics, ablation, LIVECell, statistics, figures.
 
-Like :mod:`brightseg.pipeline`, each public function here is what one Snakemake rule runs;
-the metric, statistics and figure logic lives in :mod:`brightseg.metrics`,
+The metric, statistics and figure logic lives in :mod:`brightseg.metrics`,
 :mod:`brightseg.stats`, :mod:`brightseg.livecell` and :mod:`brightseg.figures`.
 """
 
@@ -15,54 +14,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
-from .io import read_image, write_parquet, write_text
-from .pipeline import split_with_config
+from .. import figures as F
+from ..config import IlluminationConfig, StatsConfig
+from ..ensemble import Ensemble
+from ..errors import InputError
+from ..figures import overlay_counts, overlay_panel, save_figure, table_to_latex, table_to_markdown
+from ..illumination import correct_illumination, radius_to_px
+from ..instances import split_with_config
+from ..io import read_image, write_parquet, write_text
+from ..livecell import ap_per_cell_line, ap_table, group_table, import_livecell, summary_table
+from ..metrics import ablation_table, evaluate_pairs
+from ..platestore import open_plate
+from ..selection import backbone_table, read_histories, stacked_histories
+from ..stats import stats_from_file
 
 log = logging.getLogger(__name__)
 
 ENSEMBLE = "ensemble"
-
-
-class Ensemble:
-    """The selected checkpoints, loaded once, predicting in-memory images."""
-
-    def __init__(self, ensemble_tsv: str, inference: dict):
-        from .ensemble import _model_tile, make_predictor, read_ensemble
-        from .models import load_checkpoint, set_precision
-
-        set_precision(str(inference.get("precision", "auto")))
-        self.table = read_ensemble(ensemble_tsv)
-        self.names = [
-            f"{r.model}/{r.loss}/e{int(r.epoch):02d}"
-            if {"model", "loss", "epoch"} <= set(self.table)
-            else Path(r.path).stem
-            for r in self.table.itertuples(index=False)
-        ]
-        models = [load_checkpoint(p) for p in self.table["path"]]
-        tiles = {_model_tile(m) for m in models} - {None}
-        self.tile = tiles.pop() if tiles else int(inference.get("tile", 256))
-        self.overlap = int(inference.get("overlap", 32))
-        self.batch_size = int(inference.get("batch_size", 8))
-        self.vote = str(inference.get("vote", "mean"))
-        self.threshold = float(inference.get("threshold", 0.5))
-        self.tta = bool(inference.get("tta", False))
-        self.predictors = [make_predictor(m, self.batch_size, self.tile) for m in models]
-
-    def predict(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per-model probabilities (M, H, W), ensemble probability and ensemble mask."""
-        from .ensemble import predict_image, vote
-
-        probs = predict_image(
-            image,
-            self.predictors,
-            tile=self.tile,
-            overlap=self.overlap,
-            batch_size=self.batch_size,
-            tta=self.tta,
-        )
-        prob, mask = vote(probs, self.vote, self.threshold)
-        return probs, prob, mask
 
 
 def _items(
@@ -130,7 +98,7 @@ def heldout_images(
     return df.sort_values(["plate", "image_id"]).reset_index(drop=True)
 
 
-def evaluate_heldout(
+def evaluate(
     ensemble_tsv: str,
     training_manifest: str,
     stores: dict[str, str],
@@ -145,16 +113,13 @@ def evaluate_heldout(
     instances: dict,
 ) -> pd.DataFrame:
     """Rule ``evaluate``: per-image metrics of every checkpoint and the ensemble, ablation."""
-    from .figures import table_to_markdown
-    from .metrics import ablation_table, evaluate_pairs
-    from .platestore import open_plate
 
     images = heldout_images(training_manifest, stores, annotations, training_plates)
     if images.empty:
         raise InputError(
             training_manifest, "no held-out images: no validation split and no annotated test plate"
         )
-    ens = Ensemble(ensemble_tsv, inference)
+    ens = Ensemble.load(ensemble_tsv, inference)
 
     first: dict = {}
 
@@ -180,8 +145,6 @@ def evaluate_heldout(
     write_text(table_to_markdown(abl), out_ablation_md)
     log.info("ablation:\n%s", abl.to_string(index=False))
     if overlay_stem:
-        from .figures import overlay_counts, overlay_panel, save_figure
-
         fig = overlay_panel(
             first["image"], first["pred"], first["truth"], title=f"ensemble: {first['name']}"
         )
@@ -196,8 +159,6 @@ def livecell_import(
     annotations: list[str], images: str, out_index: str, out_qc: str, *, exclude: str
 ) -> None:
     """Rule ``livecell_import``: LIVECell COCO -> label images, masks, index, QC table."""
-    from .livecell import import_livecell
-
     out_dir = Path(out_index).parent
     imgs, qc = import_livecell(annotations, images, out_dir, exclude=exclude)
     for produced, wanted in ((out_dir / "index.parquet", out_index), (out_dir / "qc.tsv", out_qc)):
@@ -219,25 +180,18 @@ def livecell_predict(
 ) -> None:
     """Rule ``livecell_predict``: ensemble on every imported LIVECell image, per-image metrics
     and COCO AP per cell line (LIVECell's evaluator settings)."""
-    from .illumination import correct_illumination, radius_to_px
-    from .livecell import ap_per_cell_line
-    from .metrics import evaluate_pairs
-
+    illum = IlluminationConfig.coerce(illumination)
     idx = pd.read_parquet(index)
     root = Path(index).parent
-    ens = Ensemble(ensemble_tsv, inference)
-    radius = radius_to_px(illumination["radius"], illumination.get("unit", "px"), pixel_size_um)
+    ens = Ensemble.load(ensemble_tsv, inference)
+    radius = radius_to_px(illum.radius, illum.unit, pixel_size_um)
     ap_items = []
 
     def items():
         for row in idx.itertuples(index=False):
             raw = read_image(row.image_path).astype(np.float32)
             image = correct_illumination(
-                raw,
-                radius,
-                mode=illumination.get("mode", "white"),
-                method=illumination.get("method", "fast"),
-                percentiles=tuple(illumination.get("percentiles", (1.0, 99.8))),
+                raw, radius, mode=illum.mode, method=illum.method, percentiles=illum.percentiles
             )
             truth = read_image(root / row.labels_path)
             extra = {"image": row.image, "cell_line": row.cell_line, "group": row.group}
@@ -262,9 +216,6 @@ def livecell_predict(
 
 def livecell_report(per_image: str, ap: str, outputs: dict, *, threshold: float) -> None:
     """Rule ``livecell_report``: paper Tables 3/4 (groups), 5 (summary) and AP vs published."""
-    from .figures import table_to_latex, table_to_markdown
-    from .livecell import ap_table, group_table, summary_table
-
     df = pd.read_parquet(per_image)
     tables = {
         "groups": group_table(df, threshold=threshold),
@@ -282,10 +233,9 @@ def livecell_report(per_image: str, ap: str, outputs: dict, *, threshold: float)
 
 def stats_report(per_image: str, out_json: str, out_md: str, out_tex: str, *, stats: dict) -> dict:
     """Rule ``stats_report``: the paper's Table 6 on the ensemble's per-image scores."""
-    from .stats import stats_from_file
-
+    cfg = StatsConfig.coerce(stats)
     df = pd.read_parquet(per_image)
-    model = stats.get("model", ENSEMBLE)
+    model = cfg.model
     if "model" in df.columns:
         df = df[df["model"] == model]
     if df.empty:
@@ -295,42 +245,26 @@ def stats_report(per_image: str, out_json: str, out_md: str, out_tex: str, *, st
     try:
         return stats_from_file(
             tmp,
-            stats.get("column", "f1"),
-            float(stats.get("baseline", 0.75)),
+            cfg.column,
+            float(cfg.baseline),
             out_json=out_json,
             out_md=out_md,
             out_tex=out_tex,
-            threshold=stats.get("threshold"),
-            nan_policy=stats.get("nan_policy", "error"),
+            threshold=cfg.threshold,
+            nan_policy=cfg.nan_policy,
         )
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def stacked_histories(histories: list[str]) -> pd.DataFrame:
-    """Every run's history.csv in one table, with ``model`` and ``loss_fn`` columns."""
-    frames = []
-    for h in histories:
-        run_dir = Path(h).parent
-        df = pd.read_csv(h)
-        df.insert(0, "loss_fn", run_dir.name)
-        df.insert(0, "model", run_dir.parent.name)
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True)
-
-
-def make_figures(inputs: dict, out_dir: str, *, seed: int = 0) -> list[str]:
+def figures(inputs: dict, out_dir: str, *, seed: int = 0) -> list[str]:
     """Rule ``figures``: every paper figure as PNG + SVG + the plotted data as parquet."""
-    from . import figures as F
-
     out = Path(out_dir)
     written = []
     hist = stacked_histories(inputs["histories"])
     written += F.save_figure(F.training_curves(hist), hist, out / "training_curves")
     abl = pd.read_parquet(inputs["ablation"])
     written += F.save_figure(F.ensemble_ablation(abl), abl, out / "ensemble_ablation")
-    from .selection import backbone_table, read_histories
-
     params = {}
     for card in inputs["cards"]:
         info = json.loads(Path(card).read_text()).get("params", {})

@@ -1,0 +1,146 @@
+"""Rules of the preprocessing stage: annotation import, illumination correction, skip list."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..config import AnnotationsConfig, IlluminationConfig
+from ..cvat import import_cvat
+from ..errors import InputError
+from ..illumination import correct_illumination as _correct
+from ..illumination import radius_to_px
+from ..io import read_image, warn_low_bit_depth, write_text
+from ..maskfolder import import_mask_annotations
+from ..platestore import write_plate
+from ..sheet import compile_regex, list_images, plate_images
+from . import SKIPPED_COLUMNS, write_skipped
+
+log = logging.getLogger(__name__)
+
+
+def import_annotations(
+    export: str,
+    images: str,
+    manifest: str,
+    skipped: str,
+    *,
+    plate: str,
+    annotations: AnnotationsConfig | dict,
+    on_bad_input: str,
+) -> None:
+    """Rule ``import_annotations``: annotations -> label TIFFs, mask PNGs, manifest.
+
+    ``export`` is a CVAT export (XML, or CVAT's zip), a COCO JSON, or a folder of mask
+    images matched to the plate's images by file stem (``<stem><mask_suffix>.<ext>``;
+    binary 0/1 or 0/255, instance labels, RGB, JPEG binarised at ``mask_threshold``:
+    :func:`brightseg.maskfolder.import_mask_annotations`).  Both write the same files.
+    """
+    cfg = AnnotationsConfig.coerce(annotations)
+    out_dir = Path(manifest).parent
+    if Path(manifest).resolve() != (out_dir / "manifest.parquet").resolve():
+        raise ValueError(f"{manifest}: the manifest must be named manifest.parquet")
+    if Path(export).is_dir():
+        _, skip_df = import_mask_annotations(
+            export,
+            list_images(images),
+            out_dir,
+            plate=plate,
+            images_where=images,
+            threshold=cfg.mask_threshold,
+            mask_suffix=cfg.mask_suffix,
+            on_bad_input=on_bad_input,
+        )
+    else:
+        labels = list(cfg.labels) if cfg.labels is not None else None
+        _, skip_df = import_cvat(
+            export, images, out_dir, plate=plate, labels=labels, on_bad_input=on_bad_input
+        )
+    rows = (
+        list(skip_df[["file", "reason"]].itertuples(index=False, name=None)) if len(skip_df) else []
+    )
+    write_skipped(rows, skipped, stage="import_annotations", plate=plate)
+
+
+def correct_illumination(
+    images_spec: str,
+    store: str,
+    skipped: str,
+    *,
+    plate: str,
+    regex: str,
+    modality: str,
+    pixel_size_um: float,
+    illumination: IlluminationConfig | dict,
+    chunk: int,
+    on_bad_input: str = "error",
+) -> None:
+    """Rule ``correct_illumination``: top-hat correct every image of a plate into OME-Zarr.
+
+    One job per plate: images are read, corrected and written one at a time, so memory
+    stays bounded by one image whatever the plate size.  ``illumination`` is the plate's
+    own (the config block with the sheet's per-plate overrides).
+    """
+    cfg = IlluminationConfig.coerce(illumination)
+    table, skip_rows = plate_images(
+        plate, images_spec, compile_regex(regex), on_bad_input=on_bad_input
+    )
+    radius_px = radius_to_px(cfg.radius, cfg.unit, pixel_size_um)
+
+    # Unreadable images: error, or skip and list them (checked up front, so the store
+    # holds exactly the readable images and a skip never leaves a hole mid-write).
+    good = []
+    shapes: dict[tuple, str] = {}
+    for row in table.itertuples(index=False):
+        try:
+            img = read_image(row.path)
+        except InputError as exc:
+            if on_bad_input != "skip":
+                raise
+            skip_rows.append((row.path, exc.message))
+            continue
+        warn_low_bit_depth(img, row.path)
+        shapes.setdefault(img.shape, row.path)
+        good.append(row)
+    if len(shapes) > 1:
+        raise InputError(
+            images_spec,
+            f"plate {plate!r}: images differ in size: "
+            + ", ".join(f"{s} ({p})" for s, p in shapes.items()),
+        )
+    if not good:
+        raise InputError(images_spec, f"plate {plate!r}: no readable images")
+    table = pd.DataFrame(good)
+
+    def load(row) -> np.ndarray:
+        img = read_image(row.path).astype("float32")
+        return _correct(
+            img, radius_px, mode=cfg.mode, method=cfg.method, percentiles=tuple(cfg.percentiles)
+        )
+
+    log.info(
+        "plate %s: %d images, top-hat radius %d px (%s)", plate, len(table), radius_px, cfg.mode
+    )
+    write_plate(
+        store,
+        plate,
+        table,
+        load=load,
+        pixel_size_um=pixel_size_um,
+        modality=modality,
+        chunk=chunk,
+        metadata={"illumination": dict(cfg.as_dict(), radius_px=radius_px)},
+    )
+    write_skipped(skip_rows, skipped, stage="correct_illumination", plate=plate)
+
+
+def skipped_report(paths: list[str], out: str) -> pd.DataFrame:
+    """Rule ``skipped_report``: per-rule skip lists into ``results/qc/skipped.tsv``."""
+    frames = [pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False) for p in paths]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SKIPPED_COLUMNS)
+    df = df.reindex(columns=SKIPPED_COLUMNS).sort_values(SKIPPED_COLUMNS, kind="stable")
+    write_text(df.to_csv(sep="\t", index=False), out)
+    return df

@@ -1,0 +1,194 @@
+"""Rules of the training stage: augmented training store, split, gallery, training, selection."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from ..augment import build_training_store, make_gallery, open_training_store
+from ..config import EnsembleConfig, ModelSpec, TrainingConfig
+from ..io import read_image, write_parquet, write_text
+from ..maskfolder import group_by_source, patch_set_training_pairs, resolve_patch_sets
+from ..platestore import open_plate
+from ..selection import read_histories, write_ensemble_tsv
+from ..selection import select_checkpoints as _select
+from ..split import apply_split, split_summary
+
+log = logging.getLogger(__name__)
+
+
+def _plate_training_pairs(stores: Sequence[str], manifests: Sequence[str]) -> Iterator[dict]:
+    """Yield the corrected image and annotation mask of every annotated training image."""
+    for store_path, manifest_path in zip(stores, manifests, strict=True):
+        store = open_plate(store_path)
+        ann = pd.read_parquet(manifest_path)
+        ann_dir = Path(manifest_path).parent
+        in_store = set(store.images["image_id"])
+        for row in ann.sort_values("stem").itertuples(index=False):
+            if row.stem not in in_store:
+                log.warning(
+                    "%s: %s has annotations but is not in the plate store", store_path, row.stem
+                )
+                continue
+            mask = read_image(ann_dir / f"{row.stem}_mask.png")
+            yield {
+                "image_id": row.stem,
+                "plate": store.plate,
+                "modality": store.modality,
+                "image": store.read(row.stem),
+                "mask": (mask > 0).astype("uint8"),
+            }
+
+
+def augment(
+    stores: Sequence[str],
+    manifests: Sequence[str],
+    out_zarr: str,
+    out_manifest: str,
+    *,
+    training: TrainingConfig | dict,
+    patch_sets: Sequence[dict],
+    seed: int,
+) -> None:
+    """Rule ``augment``: patches + 21 variants of every annotated training image into zarr.
+
+    ``training`` needs only the keys that change the store
+    (:data:`brightseg.config.TrainingConfig.AUGMENT_KEYS`: the rule's params hold nothing
+    else, so changing ``epochs`` does not rerun the augmentation).  ``patch_sets`` (resolved
+    by :func:`brightseg.maskfolder.resolve_patch_sets`) add pre-tiled image/mask patches
+    after the plates' images.  A patch the size of ``patch_size`` is one tile (a larger
+    one is tiled, a smaller one padded); its manifest rows get the image it was cut from as
+    ``source_image``, the column the split groups by, so all patches of one source image
+    land on the same side of the split.
+    """
+    cfg = TrainingConfig.coerce(training)
+    patch_sets = resolve_patch_sets(patch_sets)
+    groups: dict[str, str] = {}
+    pairs = itertools.chain(
+        _plate_training_pairs(stores, manifests),
+        patch_set_training_pairs(patch_sets, groups=groups),
+    )
+    df = build_training_store(
+        pairs,
+        out_zarr,
+        out_manifest,
+        patch_size=cfg.patch_size,
+        stride=cfg.stride,
+        min_foreground=cfg.min_foreground,
+        n_variants=cfg.n_variants,
+        seed=seed,
+    )
+    if groups:
+        df = group_by_source(df, groups)
+        write_parquet(df, out_manifest)
+        from_sets = df["plate"].isin({s["plate"] for s in patch_sets})
+        log.info(
+            "patch sets: %d samples of %d pre-tiled patches grouped into %d source images",
+            int(from_sets.sum()),
+            len(groups),
+            df.loc[from_sets, "source_image"].nunique(),
+        )
+    log.info(
+        "training store: %d samples from %d source images", len(df), df["source_image"].nunique()
+    )
+
+
+def split(
+    manifest_in: str, manifest_out: str, summary_out: str, *, val_fraction: float, seed: int
+) -> None:
+    """Rule ``split``: grouped, stratified train/validation split of the training store."""
+    df = apply_split(
+        manifest_in,
+        manifest_out,
+        val_fraction=float(val_fraction),
+        seed=seed,
+        group_col="source_image",
+        strata_col="modality",
+    )
+    write_text(split_summary(df).to_csv(sep="\t", index=False), summary_out)
+
+
+def gallery(store: str, manifest: str, out_png: str, *, seed: int) -> None:
+    """Rule ``gallery``: the augmentation gallery (paper Fig. 2) from the first training patch.
+
+    The untouched variant (0) of the first patch of the training store: it exists whether
+    the training data came from plates or from pre-tiled patch sets.
+    """
+    man = pd.read_parquet(manifest)
+    first = man[man["variant"] == 0].sort_values("patch_id").iloc[0]
+    images, masks = open_training_store(store)
+    idx = int(first["index"])
+    image = images[idx][..., 0].astype("float32") / 255.0
+    make_gallery(image, (masks[idx] > 0).astype("uint8"), out_png, seed=seed, size=image.shape[0])
+
+
+def train(
+    store: str,
+    manifest: str,
+    history: str,
+    card: str,
+    checkpoints: str,
+    *,
+    spec: ModelSpec | dict,
+    training: TrainingConfig | dict,
+    seed: int,
+    keras_home: str | None = None,
+) -> None:
+    """Rule ``train``: one (architecture, loss) run with a checkpoint per epoch.
+
+    ``checkpoints`` is the run's declared ``directory()`` output (``epoch_NN.keras``);
+    ``history.csv``, ``card.json`` and ``tensorboard/`` go beside it.
+    """
+    from ..models import set_keras_home
+    from ..train import train_model  # TensorFlow: imported by the rules that need it
+
+    spec = ModelSpec.coerce(spec)
+    cfg = TrainingConfig.coerce(training)
+    if keras_home:
+        set_keras_home(keras_home)
+    out_dir = Path(history).parent
+    train_model(
+        store,
+        manifest,
+        out_dir,
+        architecture=spec.architecture,
+        loss=spec.loss,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.learning_rate,
+        decay_steps=cfg.decay_steps,
+        decay_rate=cfg.decay_rate,
+        patience=cfg.patience,
+        hard_mining=spec.hard_mining,
+        seed=seed,
+        deterministic=cfg.deterministic,
+        precision=cfg.precision,
+        encoder_weights=spec.encoder_weights or cfg.encoder_weights,
+        steps_per_epoch=cfg.steps_per_epoch,
+        val_steps=cfg.val_steps,
+        model_kwargs=dict(spec.model_kwargs),
+        checkpoint_dir=checkpoints,
+    )
+    for p in (history, card):
+        if not Path(p).is_file():
+            raise RuntimeError(f"training finished without writing {p}")
+
+
+def select_checkpoints(
+    histories: Sequence[str], out_tsv: str, *, ensemble: EnsembleConfig | dict
+) -> None:
+    """Rule ``select_checkpoints``: rank all epoch checkpoints, keep the top K."""
+    cfg = EnsembleConfig.coerce(ensemble)
+    sel = _select(
+        read_histories([Path(h).parent for h in histories]),
+        k=cfg.top_k,
+        window=cfg.stability_window,
+    )
+    missing = [p for p in sel["path"] if not Path(p).is_file()]
+    if missing:
+        raise RuntimeError(f"selected checkpoints do not exist: {missing}")
+    write_ensemble_tsv(sel, out_tsv)

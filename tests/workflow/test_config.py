@@ -1,0 +1,43 @@
+"""A misspelt config key stops the run before any job, naming the key and the closest name."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from .conftest import copy_workflow, run_snakemake
+
+pytestmark = [pytest.mark.workflow]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda cfg: cfg.update(ilumination=cfg.pop("illumination")),
+            "unknown key 'ilumination' (did you mean 'illumination'?)",
+        ),
+        (
+            lambda cfg: cfg["instances"].update(min_area_um=cfg["instances"].pop("min_area_um2")),
+            "unknown key 'instances.min_area_um' (did you mean 'instances.min_area_um2'?)",
+        ),
+        (
+            lambda cfg: cfg["inference"].update(threshold=1.5),
+            "config key 'inference.threshold': 1.5 is greater than or equal to the maximum of 1",
+        ),
+    ],
+    ids=["top-level", "nested", "out-of-range"],
+)
+def test_bad_key_stops_before_any_job(tmp_path, edit, message):
+    work = copy_workflow(tmp_path / "work")
+    path = work / "config/config.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    edit(cfg)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    proc = run_snakemake(work, "--cores", "2", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert message in out, out[-3000:]
+    assert "config/config.yaml" in out  # the file at fault is named
+    assert "Traceback" not in out
+    assert not (work / "results").exists()  # stopped before any job
