@@ -89,7 +89,7 @@ def test_read_histories(tmp_path):
     h = read_histories(sorted(tmp_path.glob("*/*")))
     assert set(h["loss"]) == {"bce_dice", "focal_dice_boundary"}
     assert h["train_loss"].tolist()[:2] == [0.9, 0.8]
-    assert h["path"].iloc[0].endswith("epoch_01.keras")
+    assert h["path"].iloc[0].endswith("checkpoints/epoch_01.keras")
     sel = select_checkpoints(h, k=1)
     # identical runs: full tie on score, F1 and loss -> model name decides
     assert sel.loc[0, ["model", "epoch"]].tolist() == ["small_unet", 2]

@@ -166,7 +166,8 @@ def test_train_model_end_to_end(tmp_path, caplog):
     store, manifest, _, _ = make_store(tmp_path)
     out = tmp_path / "models" / "small_unet" / "bce_dice"
     out.mkdir(parents=True)
-    (out / "epoch_09.keras").write_text("stale")
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "epoch_09.keras").write_text("stale")
     kwargs = dict(
         architecture="small_unet",
         loss="bce_dice",
@@ -180,7 +181,11 @@ def test_train_model_end_to_end(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="brightseg"):
         card = train_model(store, manifest, out, **kwargs)
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["card.json", "epoch_01.keras", "epoch_02.keras", "history.csv", "tensorboard"]
+    assert names == ["card.json", "checkpoints", "history.csv", "tensorboard"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "epoch_01.keras",
+        "epoch_02.keras",
+    ]
     assert any((out / "tensorboard").rglob("events.out.tfevents.*"))
     hist = pd.read_csv(out / "history.csv")
     assert list(hist.columns) == HISTORY_COLUMNS
@@ -202,7 +207,7 @@ def test_train_model_end_to_end(tmp_path, caplog):
     assert card["precision_policy"] == "float32"
     assert "100% (epoch 2/2)" in caplog.text
     assert "hard-example mining" in caplog.text
-    model = load_checkpoint(out / "epoch_02.keras")
+    model = load_checkpoint(out / "checkpoints" / "epoch_02.keras")
     x = np.zeros((1, 32, 32, 3), np.float32)
     assert model(x, training=False).shape == (1, 32, 32, 1)
     # deterministic: the same run again gives the same history
@@ -232,7 +237,10 @@ def test_early_stopping_stops(tmp_path):
     )
     assert card["epochs_run"] == 2
     assert card["stopped_early"]
-    assert sorted(p.name for p in out.glob("epoch_*.keras")) == ["epoch_01.keras", "epoch_02.keras"]
+    assert sorted(p.name for p in out.glob("checkpoints/epoch_*.keras")) == [
+        "epoch_01.keras",
+        "epoch_02.keras",
+    ]
 
 
 def test_train_model_bad_config(tmp_path):

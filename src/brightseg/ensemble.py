@@ -843,15 +843,21 @@ class Ensemble:
         float32, whatever the global policy (``inference.precision``) at load time, which
         only affects the input layer; :func:`make_predictor` casts outputs to float32.
         """
+        import keras
+
         from . import models as zoo
 
         inference = InferenceConfig.coerce(inference)
-        zoo.set_precision(inference.precision)
         table = read_ensemble(ensemble_tsv)
-        models = []
-        for ckpt in table["path"]:
-            log.info("loading %s", ckpt)
-            models.append(zoo.load_checkpoint(ckpt))
+        previous = keras.config.dtype_policy()
+        zoo.set_precision(inference.precision)
+        try:
+            models = []
+            for ckpt in table["path"]:
+                log.info("loading %s", ckpt)
+                models.append(zoo.load_checkpoint(ckpt))
+        finally:
+            keras.config.set_dtype_policy(previous)  # a process-wide setting: restored
         return cls(table, models, inference, source=ensemble_tsv)
 
     @property

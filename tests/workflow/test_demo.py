@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from brightseg.morphometry import CELL_SCHEMA
-from brightseg.platestore import open_plate
+from brightseg.platestore import open_labels, open_plate
 
 from .conftest import run_snakemake
 
@@ -21,19 +21,24 @@ def sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_plate_stores_hold_images_and_every_label(demo_run):
+def test_plate_stores_hold_images_and_label_stores_every_label(demo_run):
+    """Images in the plate store (never written after correction), labels in the stores of
+    the rules that write them: predictions (prob, mask) and instances (cells)."""
     sheet = pd.read_csv(demo_run / "config/plates.tsv", sep="\t")
     for plate in sheet["plate"]:
-        store = open_plate(demo_run / f"results/plates/{plate}.ome.zarr")
+        plate_path = demo_run / f"results/plates/{plate}.ome.zarr"
+        store = open_plate(plate_path)
         assert store.plate == plate
         assert len(store.images) >= 3
+        assert store.label_names() == []
+        pred = open_labels(demo_run / f"results/predictions/{plate}.zarr", plate_path)
+        inst = open_labels(demo_run / f"results/instances/{plate}.zarr", plate_path)
+        assert pred.label_names() == ["mask", "prob"] and inst.label_names() == ["cells"]
         for image_id in store.images["image_id"]:
             img = store.read(image_id)
             assert img.dtype.kind == "f" and 0.0 <= img.min() and img.max() <= 1.0
-            for label in ("prob", "mask", "cells"):
-                assert store.has_label(image_id, label), (plate, image_id, label)
-            mask = store.read_label(image_id, "mask")
-            cells = store.read_label(image_id, "cells")
+            mask = pred.read_label(image_id, "mask")
+            cells = inst.read_label(image_id, "cells")
             assert mask.shape == img.shape
             assert set(pd.unique(mask.ravel())) <= {0, 1}
             # cells lie inside the predicted foreground (hole filling may add a few pixels)
@@ -46,6 +51,15 @@ def test_tables_and_ensemble(demo_run):
     ens = pd.read_csv(res / "models/ensemble.tsv", sep="\t")
     assert len(ens) == 4 and list(ens["rank"]) == [1, 2, 3, 4]
     assert all((demo_run / p).is_file() for p in ens["path"])
+    # every file a rule wrote is a declared output: checkpoints in the train rule's
+    # checkpoints/ directory, exports in measure_cells' exports/ directory
+    assert all("/checkpoints/epoch_" in p for p in ens["path"])
+    assert not list(res.glob("models/*/*/epoch_*.keras"))
+    assert sorted(p.name for p in (res / "tables/demo1/exports").iterdir())[:2] == [
+        "demo1_A01_f00_t00_masks.tif",
+        "demo1_A01_f00_t00_rois.zip",
+    ]
+    assert not list(res.glob("predictions/.*partial*"))
     for plate in ("demo1", "demo2", "demo3"):
         cells = pq.read_table(res / f"tables/{plate}/cells.parquet")
         assert cells.schema.equals(CELL_SCHEMA, check_metadata=False)

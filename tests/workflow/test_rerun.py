@@ -83,3 +83,22 @@ def test_changed_parameters_rerun_exactly_and_match_a_clean_run(demo_run, tmp_pa
     # and the change was real: the final outputs differ from the original run's
     changed = differing_files(demo_run, work)
     assert "tables/images.parquet" in changed and "models/ensemble.tsv" in changed
+
+
+def test_one_plates_illumination_in_the_sheet_reruns_only_that_plate(demo_run, tmp_path):
+    work = tmp_path / "sheet"
+    shutil.copytree(demo_run, work, symlinks=True)
+    sheet = work / "config/plates.tsv"
+    lines = sheet.read_text().splitlines()
+    out = [lines[0] + "\tillumination_mode\tillumination_radius"]
+    for line in lines[1:]:
+        plate = line.split("\t")[0]
+        out.append(line + ("\twhite\t30" if plate == "demo3" else "\t\t"))
+    sheet.write_text("\n".join(out) + "\n")
+    dry = run_snakemake(work, "-n", "--cores", "2")
+    text = dry.stdout + dry.stderr
+    counts = job_counts(text)
+    assert counts["correct_illumination"] == 1 and counts["predict"] == 1, counts
+    assert "augment" not in counts and "train" not in counts
+    assert "plate=demo3" in text
+    assert "plate=demo1" not in text and "plate=demo2" not in text

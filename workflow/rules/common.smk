@@ -133,7 +133,7 @@ def model_spec(wildcards):
 def run_outputs(leaf):
     """One path per training run (model, loss): results/models/{model}/{loss}/<leaf>."""
     return expand(
-        "results/models/{run.model}/{run.loss}/" + leaf, run=MODEL_RUNS.itertuples()
+        f"results/models/{{run.model}}/{{run.loss}}/{leaf}", run=MODEL_RUNS.itertuples()
     )
 
 
