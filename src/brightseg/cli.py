@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .errors import InputError
+from .errors import EXIT_BAD_INPUT, InputError
 
 
 def _handle_errors(func):
@@ -21,7 +21,7 @@ def _handle_errors(func):
             return func(*args, **kwargs)
         except InputError as exc:
             click.echo(f"brightseg: error: {exc}", err=True)
-            sys.exit(2)
+            sys.exit(EXIT_BAD_INPUT)
 
     return wrapper
 
