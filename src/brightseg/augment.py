@@ -36,6 +36,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
+import zarr
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from zarr.codecs import BloscCodec
 
 from .errors import InputError  # noqa: E402
 from .io import atomic_path, write_parquet  # noqa: E402
@@ -519,8 +523,6 @@ def build_training_store(
     Memory holds one source image's variants plus a write block, never the
     whole set.  Variant sample ids are ``f"{image_id}_r{row}_c{col}_v{k:02d}"``.
     """
-    import zarr
-    from zarr.codecs import BloscCodec
 
     out_zarr, out_manifest = Path(out_zarr), Path(out_manifest)
     size = int(patch_size)
@@ -630,7 +632,6 @@ def open_training_store(path: str | os.PathLike):
         uint8 ``(N, H, W, 3)`` and ``(N, H, W)``; index them with the
         manifest's ``index`` column.
     """
-    import zarr
 
     path = Path(path)
     if not path.is_dir():
@@ -678,8 +679,6 @@ def gallery_figure(examples: list[dict]):
         Two rows: images above their masks, one column per example.  Uses an
         Agg canvas, no pyplot state.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     if not examples:
         raise InputError(None, "gallery_figure needs at least one example")

@@ -33,9 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from .cvat import coco_string_runs
 from .errors import InputError
-from .io import IMAGE_SUFFIXES
+from .io import IMAGE_SUFFIXES, read_image, write_parquet, write_png, write_text, write_tiff
+from .metrics import coco_ap, coco_from_dict, labels_to_coco, labels_to_detections
+from .progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -226,14 +230,12 @@ def read_annotations(path: str | os.PathLike) -> dict:
 
 def coco_from_annotations(data: dict):
     """``pycocotools.coco.COCO`` from a normalised dataset dict (no printing)."""
-    from .metrics import coco_from_dict
 
     return coco_from_dict(data)
 
 
 def _rle_counts(counts: bytes | str) -> np.ndarray:
     """Run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``)."""
-    from .cvat import coco_string_runs
 
     return np.asarray(coco_string_runs(counts), dtype=np.int64)
 
@@ -337,10 +339,6 @@ def import_livecell(
         :class:`InputError` message of :func:`brightseg.io.read_image`), size
         different from the annotation, unparseable name.
     """
-    import pandas as pd
-
-    from .io import read_image, write_parquet, write_png, write_text, write_tiff
-    from .progress import progress
 
     if isinstance(annotation_paths, str | os.PathLike):
         annotation_paths = [annotation_paths]
@@ -486,7 +484,6 @@ def group_table(
         single image), ``side`` (``above``/``below``); ``above`` rows first,
         each side by decreasing mean, then by group.
     """
-    import pandas as pd
 
     df = _with_names(per_image, image_column)
     if score not in df.columns:
@@ -518,7 +515,6 @@ def summary_table(per_image, *, metrics: Sequence[tuple[str, str]] = SUMMARY_MET
         ``metric`` (label), ``mean``, ``std`` (ddof 1), ``n``, in the order of
         ``metrics``; metrics missing from the table are skipped.
     """
-    import pandas as pd
 
     rows = []
     for col, label in metrics:
@@ -563,7 +559,6 @@ def ap_table(per_line_ap, *, column: str = "AP", scale: float = 100.0):
         minus published); published cell lines first in their order, ``all``
         last, other names in between.
     """
-    import pandas as pd
 
     if isinstance(per_line_ap, Mapping):
         items = {str(k): float(v) for k, v in per_line_ap.items()}
@@ -618,10 +613,6 @@ def ap_per_cell_line(items: Iterable[Mapping[str, Any]], *, total: int | None = 
     original polygons, so numbers can differ slightly from an evaluation on
     LIVECell's JSON.
     """
-    import pandas as pd
-
-    from .metrics import coco_ap, labels_to_coco, labels_to_detections
-    from .progress import progress
 
     gts: dict[str, dict] = {}
     dts: dict[str, list] = {}

@@ -30,6 +30,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from .errors import InputError
+
 __all__ = [
     "LOSSES",
     "BCEDice",
@@ -169,7 +171,6 @@ def get_loss(
     ``reduction="none"`` (or None) gives the per-sample loss, shape ``(B,)``,
     used for hard-example mining; the default averages over the batch.
     """
-    from .errors import InputError
 
     if name not in LOSSES:
         raise InputError(None, f"unknown loss {name!r}; expected one of {sorted(LOSSES)}")

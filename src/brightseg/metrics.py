@@ -47,7 +47,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
+from pycocotools import mask as mask_util
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 from scipy import ndimage as ndi
+from scipy.optimize import linear_sum_assignment
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from skimage.metrics import structural_similarity
+
+from .progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +195,6 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     default 7x7 (uniform, sample covariance); for images smaller than 7 pixels
     the largest odd size that fits is used, and NaN is returned below 3.
     """
-    from skimage.metrics import structural_similarity
 
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
@@ -287,9 +296,6 @@ def _match_pairs(ti: np.ndarray, pi: np.ndarray, score: np.ndarray) -> np.ndarra
     Ties in the count are broken by the largest total ``score``.  Returns a
     boolean array over the candidate pairs.
     """
-    from scipy.optimize import linear_sum_assignment
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
 
     n = len(ti)
     chosen = np.zeros(n, dtype=bool)
@@ -413,7 +419,6 @@ def k_overlap_similarity(pred_labels: np.ndarray, true_labels: np.ndarray, k: fl
 # --------------------------------------------------------------------------
 def _rle_from_crop(crop: np.ndarray, y0: int, x0: int, height: int, width: int) -> dict:
     """Compressed COCO RLE of a mask given as a crop at (y0, x0) of an image."""
-    from pycocotools import mask as mask_util
 
     cx, cy = np.nonzero(crop.T)  # Fortran (column-major) order
     idx = (x0 + cx).astype(np.int64) * height + (y0 + cy)
@@ -543,7 +548,6 @@ def labels_to_detections(
 
 def coco_from_dict(dataset: dict):
     """A ``pycocotools.coco.COCO`` built from a dataset dict, without printing."""
-    from pycocotools.coco import COCO
 
     coco = COCO()
     coco.dataset = dataset
@@ -582,7 +586,6 @@ def coco_ap(
         ``AR`` as fractions in [0, 1]; NaN where undefined (no ground truth).
         With no detection at all every AP is 0 (NaN without ground truth).
     """
-    from pycocotools.cocoeval import COCOeval
 
     area_ranges = dict(area_ranges or LIVECELL_AREA_RANGES)
     keys = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR")
@@ -656,9 +659,6 @@ def evaluate_pairs(
         ``n_pred``, ``inst_<metric>@<t>`` and ``sm``.  Rows are sorted by
         ``model`` then ``image``.
     """
-    import pandas as pd
-
-    from .progress import progress
 
     rows = []
     for item in progress(items, total=total, desc="evaluate"):
@@ -701,7 +701,6 @@ def ablation_table(
         Columns ``model``, ``n_images`` and the mean of each metric; rows are
         the single models sorted by name, then ``ensemble`` if present.
     """
-    import pandas as pd
 
     missing = [c for c in ("model", *metrics) if c not in df.columns]
     if missing:

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from scipy import ndimage as ndi
 
 from .errors import InputError
 from .io import atomic_path
@@ -236,8 +237,6 @@ def measure_cells(
         return _empty_cells()
     if labels.min() < 0:
         raise ValueError("labels must be non-negative")
-
-    from scipy import ndimage as ndi
 
     # compact label values to 1..n (keeps their order)
     ids = np.unique(labels)

@@ -36,12 +36,14 @@ import json
 import logging
 import os
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import zarr
 
 from .errors import InputError
 from .io import atomic_path
@@ -63,14 +65,12 @@ _LABEL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
 
 
 def _zarr():
-    import zarr
 
     return zarr
 
 
 def _ome_writer():
     """``ome_zarr.writer`` (its import evaluates a deprecated default argument)."""
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

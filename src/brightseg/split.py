@@ -13,6 +13,7 @@ For pre-tiled patch sets whose files are named ``<source>_<row>_<col>.png``
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -32,7 +33,6 @@ DEFAULT_NAME_REGEX = r"^(?P<source>.+)_(?P<row>\d+)_(?P<col>\d+)(?:\.\w+)?$"
 
 
 def _stratum_seed(seed: int, stratum: str) -> int:
-    import hashlib
 
     digest = hashlib.sha256(f"{seed}:split:{stratum}".encode()).digest()
     return int.from_bytes(digest[:8], "big")

@@ -43,15 +43,20 @@ import math
 import os
 import re
 import threading
+import zipfile
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+import zarr
 
+from . import __version__
 from .errors import InputError
 from .io import atomic_path, write_text
+from .losses import LOSSES, get_loss
+from .models import ARCHITECTURES, build_model, count_params, set_precision
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +208,6 @@ class PatchData:
     """
 
     def __init__(self, store, manifest, *, in_memory="auto", memory_limit: int = 2 << 30):
-        import zarr
 
         self.store = Path(store)
         self.manifest_path = Path(manifest)
@@ -418,7 +422,6 @@ def canonicalize_keras_archive(path: str | os.PathLike) -> None:
     ids renumbered 1, 2, ... in order of appearance (the sharing is kept: equal ids
     stay equal).  The weights file is copied unchanged.
     """
-    import zipfile
 
     path = Path(path)
     with zipfile.ZipFile(path) as zin:
@@ -535,7 +538,6 @@ class _MiningCallback(keras.callbacks.Callback):
 
     def __init__(self, data: PatchData, sampler: _Sampler, loss_name, size, batch, mining_kw):
         super().__init__()
-        from .losses import get_loss
 
         self.data, self.sampler, self.size, self.batch = data, sampler, size, batch
         self.loss_fn = get_loss(loss_name, reduction="none")
@@ -573,7 +575,6 @@ def _sha256(path: Path) -> str:
 
 
 def _versions() -> dict:
-    from . import __version__
 
     return {
         "brightseg": __version__,
@@ -585,7 +586,6 @@ def _versions() -> dict:
 
 @contextlib.contextmanager
 def _dtype_policy(policy: str):
-    from .models import set_precision
 
     old = keras.mixed_precision.global_policy().name
     try:
@@ -671,8 +671,6 @@ def train_model(
     dict
         The contents of ``card.json``.
     """
-    from .losses import LOSSES, get_loss
-    from .models import ARCHITECTURES, build_model, count_params
 
     out_dir = Path(out_dir)
     if architecture not in ARCHITECTURES:

@@ -155,17 +155,17 @@ def _duplicate_well(work):
 
 def _radius_negative(work):
     set_config(work, illumination={"radius": -5})
-    return "['illumination']['radius']", r"-5 is less than or equal to the minimum of 0"
+    return "config key 'illumination.radius'", r"-5 is less than or equal to the minimum of 0"
 
 
 def _on_bad_input_maybe(work):
     set_config(work, on_bad_input="maybe")
-    return "['on_bad_input']", r"'maybe' is not one of \['error', 'skip'\]"
+    return "config key 'on_bad_input'", r"'maybe' is not one of \['error', 'skip'\]"
 
 
 def _chunk_too_small(work):
     set_config(work, plate_store={"chunk": 8})
-    return "['plate_store']['chunk']", r"8 is less than the minimum of 16"
+    return "config key 'plate_store.chunk'", r"8 is less than the minimum of 16"
 
 
 STOP_EARLY = {

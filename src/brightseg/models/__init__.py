@@ -25,6 +25,7 @@ import os
 from collections.abc import Callable
 
 import keras
+import pandas as pd
 
 from ..errors import InputError
 from .backbones import BACKBONES, imagenet_weights_file, keras_cache_dir, resolve_imagenet_weights
@@ -154,7 +155,6 @@ def param_table(names=None, input_size: int = 256):
     come from details the paper does not give (attention-gate widths,
     upsampling type, bias/BN placement).
     """
-    import pandas as pd
 
     rows = []
     for name in names or ARCHITECTURES:
