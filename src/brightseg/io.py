@@ -52,7 +52,14 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False):
     :func:`remove_stale_temporaries`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not is_dir and path.is_dir():
+        raise InputError(path, "output path is an existing directory; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(path, "cannot create the output's folder: a file is in the way") from None
+    except PermissionError:
+        raise InputError(path, "cannot create the output's folder: permission denied") from None
     suffix = "".join(path.suffixes)
     remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=suffix, dir=path.parent)
