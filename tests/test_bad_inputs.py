@@ -1044,3 +1044,106 @@ def test_atomic_path_removes_temporaries_of_killed_processes(tmp_path):
     stale_file.write_bytes(b"half")
     write_tiff(np.zeros((4, 4), np.uint8), tmp_path / "x.tif")
     assert not stale_file.exists() and (tmp_path / "x.tif").is_file()
+
+
+# ---- the command line on every corpus file, within 4 GiB
+
+CLI_DRIVER = r"""
+import contextlib, io, json, sys
+from pathlib import Path
+
+import click
+
+from brightseg.cli import main
+
+corpus = json.loads(Path(sys.argv[1]).read_text())
+out = Path(sys.argv[2])
+
+
+def run(args):
+    err = io.StringIO()
+    code, crash = 0, None
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main(args, standalone_mode=False)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except click.exceptions.Exit as exc:
+            code = exc.exit_code
+        except click.ClickException as exc:
+            code = exc.exit_code
+        except BaseException as exc:  # a traceback would reach the user: a bug
+            code, crash = -1, f"{type(exc).__name__}: {exc}"[:300]
+    return code, crash, err.getvalue()[-300:]
+
+
+for name, (path, images) in sorted(corpus.items()):
+    work = out / name
+    commands = {
+        "tophat": ["tophat", path, str(work / "t.tif"), "--radius", "5"],
+        "split-instances": ["split-instances", "--mask", path, "--out", str(work / "s.tif")],
+        "stats": ["stats", "--input", path, "--column", "f1", "--baseline", "0.5",
+                  "--out", str(work / "s.json")],
+        "import-cvat error": ["import-cvat", path, "--images", images, "--out",
+                              str(work / "ce"), "--label", "cell"],
+        "import-cvat skip": ["import-cvat", path, "--images", images, "--out",
+                             str(work / "cs"), "--on-bad-input", "skip"],
+    }
+    for cmd, args in commands.items():
+        code, crash, err = run(args)
+        print(json.dumps({"entry": name, "command": cmd, "code": code, "crash": crash,
+                          "stderr": err}), flush=True)
+print(json.dumps({"tensorflow_imported": "tensorflow" in sys.modules}), flush=True)
+"""
+
+
+def test_cli_on_every_corpus_file_exits_0_or_2_within_4gib(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    paths = bi.write_corpus(tmp_path / "corpus")
+    corpus = {}
+    for name, path in paths.items():
+        plate_images_dir = tmp_path / "corpus" / name / "plate" / "images"
+        images = plate_images_dir if plate_images_dir.is_dir() else path.parent
+        corpus[name] = (str(path), str(images))
+    spec = tmp_path / "corpus.json"
+    spec.write_text(json.dumps(corpus))
+    driver = tmp_path / "driver.py"
+    driver.write_text(CLI_DRIVER)
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            "bash",
+            "-c",
+            'ulimit -v 4194304 && exec "$0" "$@"',
+            sys.executable,
+            str(driver),
+            str(spec),
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert proc.returncode == 0, (
+        f"driver died ({proc.returncode}) after {lines[-1:]}:\n{proc.stderr[-3000:]}"
+    )
+    results = [r for r in lines if "entry" in r]
+    assert len(results) == 5 * len(paths)
+    bad = [r for r in results if r["code"] not in (0, 2) or r["crash"]]
+    assert bad == [], bad
+    assert not any("Traceback" in r["stderr"] for r in results)
+    assert lines[-1] == {"tensorflow_imported": False}
+    # The hostile files are refused with exit status 2, not accepted by accident.
+    by = {(r["entry"], r["command"]): r["code"] for r in results}
+    for name in ("tiff_declares_100000px", "png_declares_100000px"):
+        assert by[(name, "tophat")] == 2 and by[(name, "split-instances")] == 2
+    for name in ("zip_declares_3gib", "json_nested_200000", "json_5000_digit_integer"):
+        assert by[(name, "import-cvat skip")] == 2
+    for name in ("cvat_polygon_huge", "coco_polygon_huge", "cvat_mask_box_100000"):
+        assert by[(name, "import-cvat skip")] == 0
+    assert by[("stats_constant_column", "stats")] == 0
