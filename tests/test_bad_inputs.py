@@ -1147,3 +1147,14 @@ def test_cli_on_every_corpus_file_exits_0_or_2_within_4gib(tmp_path):
     for name in ("cvat_polygon_huge", "coco_polygon_huge", "cvat_mask_box_100000"):
         assert by[(name, "import-cvat skip")] == 0
     assert by[("stats_constant_column", "stats")] == 0
+
+
+def test_palette_and_cmyk_tiff_are_read_as_displayed(tmp_path):
+    g = bi.grey_array(0)
+    cmap = np.zeros((3, 256), np.uint16)
+    cmap[:] = (255 - np.arange(256)) * 257  # inverted grey palette
+    tifffile.imwrite(tmp_path / "p.tif", 255 - g, photometric="palette", colormap=cmap)
+    np.testing.assert_array_equal(read_image(tmp_path / "p.tif"), g)
+    cmyk = np.concatenate([np.repeat(255 - g[..., None], 3, -1), np.zeros_like(g)[..., None]], -1)
+    tifffile.imwrite(tmp_path / "c.tif", cmyk, photometric="separated", metadata=None)
+    np.testing.assert_array_equal(read_image(tmp_path / "c.tif"), g)
