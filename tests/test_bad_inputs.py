@@ -23,6 +23,23 @@ sheet: non-numeric pixel size      error in both modes (before any job)
 empty plate directory              error in both modes (before any job)
 two images on one well/field/tp    error | skip the second (the first in name order is kept)
 config value outside its schema    error (Snakemake's schema validation names the key)
+polygon with NaN / inf coordinate  error | skip the image (no pycocotools call: no segfault)
+polygon with coordinates ~1e9      clipped exactly to a margin around the image, warning
+COCO list/dict as an id            images[].id: error; image_id/category_id: error | skip
+JSON nested 200,000 deep / 5,000   error (limits.max_json_depth / max_int_digits)
+  digit integer
+zip member declaring 3 GiB         error from its header (limits.max_export_bytes)
+CVAT mask box 100000 x 100000      decoded only where it overlaps the image, warning
+TIFF/PNG declaring 100000 x 100000 error | skip from the header (limits.max_image_pixels)
+palette PNG, CMYK JPEG, planar     read as displayed (palette colours, RGB, interleaved), alpha
+  RGB, grey + alpha                of grey + alpha dropped
+TIFF with a thumbnail first        the largest page is read, warning
+'#' in a sheet path, CSV sheet,    kept; "use tabs"; the value shown and a sane range
+  pixel size inf / 0,65
+regex group capturing '3b'         error | skip the file
+mixed image sizes in a plate       error | skip the images not of the most common size
+constant score column (stats)      t, p, d undefined (null) with a reason
+temporaries of a killed job        removed when the output is next written
 =================================  ==========================================================
 
 "error | skip": an :class:`InputError` whose ``path`` is the bad file and whose message

@@ -283,8 +283,13 @@ def _check_parameters(
             v = float(value)
         except (TypeError, ValueError):
             raise InputError(name, f"must be a number, got {value!r}") from None
-        if not np.isfinite(v) or v < 0 or (name in ("pixel_size_um", "h_um") and v == 0):
-            raise InputError(name, f"must be a finite positive number, got {value!r}")
+        positive = name in ("pixel_size_um", "h_um")
+        if not np.isfinite(v) or v < 0 or (positive and v == 0):
+            raise InputError(
+                name,
+                f"must be a finite {'positive' if positive else 'non-negative'} number, "
+                f"got {value!r}",
+            )
     if not lim.min_pixel_size_um <= float(pixel_size_um) <= lim.max_pixel_size_um:
         raise InputError(
             "pixel_size_um",
