@@ -90,10 +90,19 @@ class Limits:
         for key, value in config.items():
             default = getattr(DEFAULT_LIMITS, key)
             try:
-                values[key] = type(default)(value)
+                if isinstance(value, bool):
+                    raise TypeError
+                number = float(value)  # YAML reads 1e9 as the string '1e9'
+                if isinstance(default, int):
+                    if not number.is_integer():
+                        raise ValueError
+                    number = int(number)
+                values[key] = number
             except (TypeError, ValueError, OverflowError):
                 raise InputError(
-                    f"config:limits.{key}", f"must be a number, got {value!r}"
+                    f"config:limits.{key}",
+                    f"must be a {'whole ' if isinstance(default, int) else ''}number, "
+                    f"got {value!r}",
                 ) from None
         return replace(DEFAULT_LIMITS, **values)
 
