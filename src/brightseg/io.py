@@ -108,12 +108,35 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+#: Per directory, the temporaries (of any output) found by this process's first scan.
+_TEMPORARIES: dict[str, list[str]] = {}
+
+
+def _temporaries_in(directory: Path) -> list[str]:
+    """Names of ``.*.tmp-*`` entries of ``directory``, scanned once per process.
+
+    A directory that receives many outputs (one per image) is listed once, not once per
+    output.  Temporaries made after the scan belong to processes that were running.
+    """
+    key = os.path.abspath(directory)
+    if key not in _TEMPORARIES:
+        try:
+            with os.scandir(directory) as it:
+                _TEMPORARIES[key] = [
+                    e.name for e in it if e.name.startswith(".") and ".tmp-" in e.name
+                ]
+        except OSError:
+            return []
+    return _TEMPORARIES[key]
+
+
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """Remove temporaries of ``path`` left by killed processes (of :func:`atomic_path`).
 
     A temporary ``.<name>.tmp-<host>-<pid>-...`` is removed when ``<host>`` is this
     host and no process ``<pid>`` runs; those of live processes and of other hosts
-    (which cannot be checked from here) are kept.
+    (which cannot be checked from here) are kept.  The directory is listed once per
+    process (see :func:`_temporaries_in`).
 
     Returns
     -------
@@ -123,22 +146,27 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     if not path.parent.is_dir():
         return []
-    rx = re.compile(
-        re.escape(f".{path.name}.tmp-") + r"(?P<host>[A-Za-z0-9._]+)-(?P<pid>\d+)-[^/]*$"
-    )
+    prefix = f".{path.name}.tmp-"
+    names = _temporaries_in(path.parent)
+    mine = [n for n in names if n.startswith(prefix)]
+    if not mine:
+        return []
+    rx = re.compile(re.escape(prefix) + r"(?P<host>[A-Za-z0-9._]+)-(?P<pid>\d+)-[^/]*$")
     host = _host_tag()
     removed = []
-    for entry in path.parent.iterdir():
-        m = rx.match(entry.name)
+    for name in mine:
+        m = rx.match(name)
         if m is None or m.group("host") != host:
             continue
         pid = int(m.group("pid"))
         if pid == os.getpid() or _pid_alive(pid):
             continue
+        entry = path.parent / name
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
+        names.remove(name)
         log.warning("removed %s, left by a killed process (pid %d)", entry, pid)
         removed.append(entry)
     return removed
