@@ -51,6 +51,7 @@ without the bad item.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -585,8 +586,6 @@ def isolated(body: str, **values) -> dict:
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
     return json.loads(line[len("RESULT ") :])
 
-
-import json  # noqa: E402
 
 IMPORT_BOTH = """
 import json, sys

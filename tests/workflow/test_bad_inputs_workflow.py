@@ -340,6 +340,12 @@ def _hostile_deep_json(work):
     return "data/p3/deep.json", r"JSON is nested \d+ levels deep, over the limit of 64"
 
 
+def _hostile_huge_int(work):
+    coco = work / "data/p3/coco.json"
+    bi.write_huge_int_json(coco, coco)
+    return "data/p3/coco.json", r"JSON has an integer of 5000 digits"
+
+
 def _hostile_pixel_size_inf(work):
     append_sheet(work, bi.sheet_row("p4", "data/p2/images", pixel_size_um="inf"))
     return "config/plates.tsv", r"plate\(s\) \['p4'\]: pixel_size_um must be .* got p4='inf'"
@@ -362,6 +368,7 @@ HOSTILE_STOP_EARLY = {
     "mixed_image_sizes": _hostile_mixed_sizes,
     "zip_declares_3gib": _hostile_zip_bomb,
     "json_nested_200000": _hostile_deep_json,
+    "json_5000_digit_integer": _hostile_huge_int,
     "sheet_pixel_size_inf": _hostile_pixel_size_inf,
     "sheet_csv": _hostile_csv_sheet,
     "regex_column_captures_3b": _hostile_regex_3b,
@@ -387,14 +394,29 @@ def _plant_hostile_files(work) -> dict:
         "odd_size": bi.write_odd_size_image(p2, "p2_A06_f00_t00.tif"),
         "palette": bi.write_inverted_palette_png(p2, "p2_A07_f00_t00.png"),
         "thumbnail": bi.write_tiff_thumbnail_first(p2, "p2_A08_f00_t00.tif"),
+        "planar": bi.write_planar_rgb_tiff(p2, "p2_A09_f00_t00.tif"),
+        "cmyk": bi.write_cmyk_jpeg(p2, "p2_A10_f00_t00.jpg"),
+        "grey_alpha": bi.write_grey_alpha(p2, "p2_A11_f00_t00.png"),
+        "huge_png": bi.write_huge_png(p2, "p2_A12_f00_t00.png"),
     }
+    # A column group that also takes a letter: p2_A3b is skipped, every other name parses.
+    set_config(work, filename_regex=bi.LOOSE_REGEX)
+    shutil.copyfile(p2 / "p2_A01_f00_t00.tif", p2 / "p2_A3b_f00_t00.tif")
     xml = work / "data/p1/cvat.xml"
     bi.write_xml_polygon(xml, xml, image="p1_A02_f00_t00.tif", points=bi.NAN_POINTS)
     bi.write_xml_polygon(xml, xml, image="p1_A01_f00_t00.tif", points=bi.HUGE_POINTS)
     bi.write_xml_huge_mask_box(xml, xml, image="p1_A03_f00_t00.tif")
     coco = work / "data/p3/coco.json"
-    bi.write_coco_patched(coco, coco, bi._coco_list_category)
-    planted["coco_aid"] = json.loads(coco.read_text())["annotations"][0]["id"]
+    doc = json.loads(coco.read_text())
+    anns = doc["annotations"]
+    anns[0]["category_id"] = [anns[0]["category_id"]]
+    anns[1]["image_id"] = {"id": anns[1]["image_id"]}
+    polygon = next(a for a in anns[2:] if isinstance(a.get("segmentation"), list))
+    polygon["segmentation"][0][2] = float("inf")
+    coco.write_text(json.dumps(doc))
+    images = {i["id"]: i["file_name"] for i in doc["images"]}
+    planted["coco_aids"] = (anns[0]["id"], anns[1]["id"])
+    planted["coco_inf_image"] = images[polygon["image_id"]]
     return planted
 
 
@@ -419,24 +441,39 @@ def test_hostile_files_are_skipped_in_one_run(work, run_snakemake):
     run_snakemake(work, "--cores", "2")
     skipped = pd.read_csv(work / "results/qc/skipped.tsv", sep="\t", dtype=str)
     got = sorted(skipped[["stage", "plate", "file"]].values.tolist())
-    aid = planted["coco_aid"]
-    assert got == [
-        ["correct_illumination", "p2", "data/p2/images/p2_A05_f00_t00.tif"],
-        ["correct_illumination", "p2", "data/p2/images/p2_A06_f00_t00.tif"],
-        ["import_annotations", "p1", "p1_A02_f00_t00.tif"],
-        ["import_annotations", "p3", f"data/p3/coco.json annotation id {aid}"],
-    ]
+    a0, a1 = planted["coco_aids"]
+    assert got == sorted(
+        [
+            ["correct_illumination", "p2", "data/p2/images/p2_A05_f00_t00.tif"],
+            ["correct_illumination", "p2", "data/p2/images/p2_A06_f00_t00.tif"],
+            ["correct_illumination", "p2", "data/p2/images/p2_A12_f00_t00.png"],
+            ["correct_illumination", "p2", "data/p2/images/p2_A3b_f00_t00.tif"],
+            ["import_annotations", "p1", "p1_A02_f00_t00.tif"],
+            ["import_annotations", "p3", f"data/p3/coco.json annotation id {a0}"],
+            ["import_annotations", "p3", f"data/p3/coco.json annotation id {a1}"],
+            ["import_annotations", "p3", planted["coco_inf_image"]],
+        ]
+    )
     reasons = dict(zip(skipped["file"], skipped["reason"], strict=True))
     assert "limits.max_image_pixels" in reasons["data/p2/images/p2_A05_f00_t00.tif"]
+    assert "limits.max_image_pixels" in reasons["data/p2/images/p2_A12_f00_t00.png"]
     assert "but most images of plate 'p2' are 64x64" in reasons["data/p2/images/p2_A06_f00_t00.tif"]
+    assert "captured '3b'" in reasons["data/p2/images/p2_A3b_f00_t00.tif"]
     assert "non-finite" in reasons["p1_A02_f00_t00.tif"]
+    assert "non-finite" in reasons[planted["coco_inf_image"]]
     assert (
         "category_id must be an integer or a string"
-        in reasons[f"data/p3/coco.json annotation id {aid}"]
+        in reasons[f"data/p3/coco.json annotation id {a0}"]
     )
-    ids = set(open_plate(work / "results/plates/p2.ome.zarr", mode="r").images["image_id"])
-    assert {"p2_A07_f00_t00", "p2_A08_f00_t00"} <= ids
-    assert not ids & {"p2_A05_f00_t00", "p2_A06_f00_t00"}
+    assert (
+        "image_id must be an integer or a string"
+        in reasons[f"data/p3/coco.json annotation id {a1}"]
+    )
+    store = open_plate(work / "results/plates/p2.ome.zarr", mode="r")
+    ids = set(store.images["image_id"])
+    read_as_displayed = {f"p2_A{k:02d}_f00_t00" for k in (7, 8, 9, 10, 11)}
+    assert read_as_displayed <= ids
+    assert not ids & {"p2_A05_f00_t00", "p2_A06_f00_t00", "p2_A12_f00_t00", "p2_A3b_f00_t00"}
     assert not stale.exists()
     assert "Traceback (most recent call last)" not in logs(work)
 
