@@ -1175,3 +1175,41 @@ def test_palette_and_cmyk_tiff_are_read_as_displayed(tmp_path):
     cmyk = np.concatenate([np.repeat(255 - g[..., None], 3, -1), np.zeros_like(g)[..., None]], -1)
     tifffile.imwrite(tmp_path / "c.tif", cmyk, photometric="separated", metadata=None)
     np.testing.assert_array_equal(read_image(tmp_path / "c.tif"), g)
+
+
+def test_stats_and_import_cli_bad_options(plate, tmp_path):
+    from click.testing import CliRunner
+
+    from brightseg.cli import main
+
+    scores = bi.write_constant_scores(tmp_path / "c.csv")
+    (tmp_path / "afile").write_text("")
+    runner = CliRunner()
+    cases = (
+        (
+            ["stats", "--input", str(scores), "--column", "f1", "--baseline", "nan"],
+            "baseline: must be a finite number",
+        ),
+        (
+            ["stats", "--input", str(scores), "--column", "f1", "--baseline", "0.5"],
+            "output path is an existing directory",
+        ),
+        (
+            [
+                "import-cvat",
+                str(plate / "cvat.xml"),
+                "--images",
+                str(plate / "images"),
+                "--out",
+                str(tmp_path / "afile" / "sub"),
+            ],
+            "",
+        ),
+    )
+    (tmp_path / "outdir").mkdir()
+    for args, problem in cases:
+        if args[0] == "stats":
+            args = [*args, "--out", str(tmp_path / ("outdir" if "0.5" in args else "s.json"))]
+        res = runner.invoke(main, args)
+        assert res.exit_code == 2, res.output
+        assert problem in res.output and "Traceback" not in res.output

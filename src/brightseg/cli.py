@@ -26,7 +26,13 @@ def _handle_errors(func):
         except InputError as exc:
             click.echo(f"brightseg: error: {exc}", err=True)
             sys.exit(2)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        except (
+            FileNotFoundError,
+            FileExistsError,
+            IsADirectoryError,
+            NotADirectoryError,
+            PermissionError,
+        ) as exc:
             # A path given on the command line that cannot be used: bad input, not a bug.
             click.echo(f"brightseg: error: {exc.filename}: {exc.strerror}", err=True)
             sys.exit(2)

@@ -442,6 +442,9 @@ def stats_from_file(
     """
     from .io import write_text
 
+    for name, value in (("baseline", baseline), ("threshold", threshold), ("alpha", alpha)):
+        if value is not None and not math.isfinite(float(value)):
+            raise InputError(name, f"must be a finite number, got {value!r}")
     values, n_dropped = read_scores(input, column, nan_policy=nan_policy)
     report = one_sample_report(values, baseline=baseline, threshold=threshold, alpha=alpha)
     report.update(
