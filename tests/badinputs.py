@@ -359,6 +359,306 @@ def patch_config(config: dict, patch: dict) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------- hostile inputs (issue 14)
+#
+# Built cheaply: a file that declares a huge size holds tiny data (one compressed strip
+# shared by every strip offset, a PNG header without pixels, a zip header that lies), so
+# no test ever allocates the size it declares.
+
+HUGE = 100_000  #: width and height declared by the "huge" files (10^10 pixels)
+
+
+def _tiff_bytes(width: int, height: int) -> bytes:
+    """A little-endian uint8 TIFF of ``width x height`` zeros, deflate-compressed, whose
+    strips all point at the same compressed block: a few tens of kB whatever the size."""
+    import zlib
+
+    rows = max(1, min(height // 2, (1 << 20) // max(1, width)))  # >= 2 strips
+    n_strips = -(-height // rows)
+    block = zlib.compress(bytes(width * rows), 9)
+    entries = 10
+    offsets_at = 8 + 2 + entries * 12 + 4
+    counts_at = offsets_at + 4 * n_strips
+    block_at = counts_at + 4 * n_strips
+    tags = [  # (tag, type: 3 SHORT or 4 LONG, count, value)
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, 8),
+        (259, 3, 1, 8),  # deflate
+        (262, 3, 1, 1),  # min-is-black
+        (273, 4, n_strips, offsets_at),
+        (277, 3, 1, 1),
+        (278, 4, 1, rows),
+        (279, 4, n_strips, counts_at),
+        (284, 3, 1, 1),
+    ]
+    out = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", entries)
+    for tag, typ, count, value in tags:
+        if typ == 3:
+            out += struct.pack("<HHIHH", tag, typ, count, value, 0)
+        else:
+            out += struct.pack("<HHII", tag, typ, count, value)
+    out += struct.pack("<I", 0)
+    out += struct.pack(f"<{n_strips}I", *([block_at] * n_strips))
+    out += struct.pack(f"<{n_strips}I", *([len(block)] * n_strips))
+    return out + block
+
+
+def write_huge_tiff(directory: str | Path, name: str, *, size: int = HUGE) -> Path:
+    """A TIFF declaring ``size x size`` px (uint8, deflate) in a few kilobytes."""
+    path = Path(directory) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_tiff_bytes(size, size))
+    return path
+
+
+def write_huge_png(directory: str | Path, name: str, *, size: int = HUGE) -> Path:
+    """A PNG whose header declares ``size x size`` px, with one tiny IDAT (a few bytes)."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    ihdr = struct.pack(">IIBBBBB", size, size, 8, 0, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+    data += chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    path = Path(directory) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def write_mask_folder_huge_mask(root: str | Path) -> Path:
+    """A mask folder whose ``img1`` mask is a TIFF declaring 100000 x 100000 px."""
+    images, masks = write_mask_folder(root)
+    (masks / "img1.png").unlink()
+    return write_huge_tiff(masks, "img1.tif")
+
+
+def grey_array(seed: int = 0, shape=SHAPE) -> np.ndarray:
+    """The 8-bit grey image the display-conversion entries must read back."""
+    return (raw_image(seed, shape) >> 8).astype(np.uint8)
+
+
+def write_inverted_palette_png(directory: str | Path, name: str, *, seed=0) -> Path:
+    """A palette PNG whose palette is inverted: index i is displayed as grey 255 - i.
+
+    Read as its indices it is the negative of the image it shows.
+    """
+    path = Path(directory) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shown = grey_array(seed)
+    im = Image.fromarray((255 - shown).astype(np.uint8), mode="L").convert("P")
+    im.putpalette([v for i in range(256) for v in (255 - i,) * 3])
+    im.save(path)
+    return path
+
+
+def write_cmyk_jpeg(directory: str | Path, name: str, *, seed=0) -> Path:
+    """A CMYK JPEG (Adobe, inverted ink) of a grey image."""
+    path = Path(directory) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grey_array(seed), mode="L").convert("CMYK").save(path, quality=95)
+    return path
+
+
+def write_tiff_thumbnail_first(directory: str | Path, name: str, *, seed=0) -> Path:
+    """A two-page TIFF: a 16 x 16 thumbnail first, then the 64 x 64 image (uint16)."""
+    path = Path(directory) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = raw_image(seed)
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(img[::4, ::4].copy(), metadata=None, subfiletype=1)
+        tw.write(img, metadata=None)
+    return path
+
+
+def write_planar_rgb_tiff(directory: str | Path, name: str, *, seed=0) -> Path:
+    """An RGB TIFF stored planar (3, H, W), PlanarConfiguration = separate."""
+    path = Path(directory) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = rgb_array(seed)
+    tifffile.imwrite(
+        path, np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate", metadata=None
+    )
+    return path
+
+
+def write_grey_alpha(directory: str | Path, name: str, *, seed=0) -> Path:
+    """Grey + alpha: an LA PNG, or a 2-sample TIFF with an alpha extra sample."""
+    path = Path(directory) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    la = np.stack([grey_array(seed), np.full(SHAPE, 200, np.uint8)], axis=-1)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        tifffile.imwrite(path, la, photometric="minisblack", extrasamples=["unassalpha"])
+    else:
+        Image.fromarray(la, mode="LA").save(path)
+    return path
+
+
+def write_odd_size_image(directory: str | Path, name: str, *, seed=0) -> Path:
+    """A 64 x 48 (width x height) image among 64 x 64 ones."""
+    path = Path(directory) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, raw_image(seed)[:48], metadata=None)
+    return path
+
+
+def _xml_add_shape(text: str, image: str, element: str) -> str:
+    start = text.index(f'name="{image}"')
+    end = text.index("</image>", start)
+    return text[:end] + f"    {element}\n  " + text[end:]
+
+
+def write_xml_polygon(src: str | Path, dst: str | Path, *, image: str, points: str) -> Path:
+    """A CVAT XML export with one more polygon on ``image`` (its points as given)."""
+    text = Path(src).read_text()
+    el = f'<polygon label="cell" source="manual" occluded="0" points="{points}" z_order="0"/>'
+    dst = Path(dst)
+    dst.write_text(_xml_add_shape(text, image, el))
+    return dst
+
+
+#: Polygon points with a NaN vertex, and one with vertices 10^9 px away.
+NAN_POINTS = "10.00,10.00;nan,10.00;20.00,20.00"
+HUGE_POINTS = "10.00,10.00;1000000000.00,12.00;-1000000000.00,40.00;20.00,-1e12"
+
+
+def write_xml_huge_mask_box(src: str | Path, dst: str | Path, *, image: str) -> Path:
+    """A CVAT XML export with a <mask> of 100000 x 100000 px (all foreground) on ``image``.
+
+    Two runs: 0 background, then 10^10 foreground; decoding the box before clipping it
+    to the 64 x 64 image would allocate 10 GB.
+    """
+    text = Path(src).read_text()
+    el = (
+        f'<mask label="cell" source="manual" occluded="0" rle="0, {HUGE * HUGE}" '
+        f'left="0" top="0" width="{HUGE}" height="{HUGE}" z_order="5"/>'
+    )
+    dst = Path(dst)
+    dst.write_text(_xml_add_shape(text, image, el))
+    return dst
+
+
+def write_coco_patched(src: str | Path, dst: str | Path, patch: Callable[[dict], None]) -> Path:
+    """A COCO export with ``patch(doc)`` applied (``allow_nan``: NaN/Infinity literals)."""
+    doc = json.loads(Path(src).read_text())
+    patch(doc)
+    dst = Path(dst)
+    dst.write_text(json.dumps(doc, allow_nan=True))
+    return dst
+
+
+def _first_polygon(doc: dict) -> dict:
+    return next(a for a in doc["annotations"] if isinstance(a.get("segmentation"), list))
+
+
+def _coco_inf_polygon(doc: dict) -> None:
+    _first_polygon(doc)["segmentation"][0][2] = float("inf")
+
+
+def _coco_huge_polygon(doc: dict) -> None:
+    ann = dict(_first_polygon(doc))
+    ann["id"] = max(a["id"] for a in doc["annotations"]) + 1
+    ann["segmentation"] = [[10.0, 10.0, 1e9, 12.0, -1e9, 40.0, 20.0, -1e12]]
+    doc["annotations"].append(ann)
+
+
+def _coco_list_category(doc: dict) -> None:
+    doc["annotations"][0]["category_id"] = [doc["annotations"][0]["category_id"]]
+
+
+def _coco_dict_image_id(doc: dict) -> None:
+    doc["annotations"][0]["image_id"] = {"id": doc["annotations"][0]["image_id"]}
+
+
+def _coco_list_images_id(doc: dict) -> None:
+    doc["images"][0]["id"] = [doc["images"][0]["id"]]
+
+
+def write_deep_json(path: str | Path, depth: int = 200_000) -> Path:
+    """A JSON file nested ``depth`` levels deep (a COCO-looking prefix)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"images": [], "annotations": ' + "[" * depth + "]" * depth + "}")
+    return path
+
+
+def write_huge_int_json(src: str | Path, dst: str | Path, digits: int = 5000) -> Path:
+    """A COCO export whose first image width is an integer of ``digits`` digits."""
+    text = Path(src).read_text()
+    m = re.search(r'"width":\s*\d+', text)
+    if m is None:
+        raise RuntimeError(f"{src}: no width")
+    dst = Path(dst)
+    dst.write_text(text[: m.start()] + '"width": ' + "9" * digits + text[m.end() :])
+    return dst
+
+
+def write_zip_bomb(dst: str | Path, *, declared: int = 3 << 30) -> Path:
+    """A CVAT zip export whose annotations.xml declares ``declared`` bytes (default 3 GiB).
+
+    The member holds a small valid XML; the sizes in its local and central headers are
+    patched to ``declared`` (so the file costs nothing to build, and a reader that
+    trusts the header would try to read 3 GiB).
+    """
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        info = zipfile.ZipInfo("annotations.xml", date_time=(2024, 1, 1, 0, 0, 0))
+        info.compress_type = zipfile.ZIP_DEFLATED
+        zf.writestr(info, "<annotations><version>1.1</version></annotations>")
+    raw = bytearray(buf.getvalue())
+    # local file header: uncompressed size at offset 22; central directory: at 24
+    assert raw[:4] == b"PK\x03\x04"
+    struct.pack_into("<I", raw, 22, declared)
+    cd = raw.index(b"PK\x01\x02")
+    struct.pack_into("<I", raw, cd + 24, declared)
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(bytes(raw))
+    return dst
+
+
+def write_sheet_rows(path: str | Path, images: str | Path, **kw) -> Path:
+    return write_sheet(path, [sheet_row("P1", images, **kw)])
+
+
+def write_csv_sheet(path: str | Path, images: str | Path) -> Path:
+    """The plate sheet saved as CSV (commas) instead of TSV."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    row = sheet_row("P1", images)
+    path.write_text(
+        ",".join(SHEET_COLUMNS) + "\n" + ",".join(str(row[c]) for c in SHEET_COLUMNS) + "\n"
+    )
+    return path
+
+
+def write_hash_plate(root: str | Path) -> Path:
+    """A clean plate whose directory name contains '#' (``plate#1/images``)."""
+    return clean_plate(Path(root) / "plate#1", "P", seed=3) / "images"
+
+
+#: A regex whose column group also takes a letter: ``P_A3b_f00_t00`` gives column '3b'.
+LOOSE_REGEX = r"_(?P<row>[A-P])(?P<column>\d+\w?)_f(?P<field>\d+)_t(?P<timepoint>\d+)$"
+
+
+def write_constant_scores(path: str | Path, value: float = 0.7, n: int = 6) -> Path:
+    """A per-image score table whose ``f1`` column is constant."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("image,f1\n" + "".join(f"img{i},{value}\n" for i in range(n)))
+    return path
+
+
 # --------------------------------------------------------------------------- the corpus
 
 
@@ -511,6 +811,196 @@ CORPUS = [
         "sheet.plate_images",
         "error|skip",
         lambda root: write_duplicate_well(clean_plate(root / "dupwell", "P", seed=2) / "images"),
+    ),
+    # ---- issue 14: hostile and malformed inputs
+    Entry(
+        "cvat_polygon_nan",
+        "cvat.import_cvat",
+        "error|skip",
+        _annotation_entry(
+            lambda s, r: write_xml_polygon(
+                s, r / "nan_polygon.xml", image="P_A02_f00_t00.tif", points=NAN_POINTS
+            ),
+            "cvat.xml",
+        ),
+    ),
+    Entry(
+        "cvat_polygon_huge",
+        "cvat.import_cvat",
+        "warn",
+        _annotation_entry(
+            lambda s, r: write_xml_polygon(
+                s, r / "huge_polygon.xml", image="P_A02_f00_t00.tif", points=HUGE_POINTS
+            ),
+            "cvat.xml",
+        ),
+    ),
+    Entry(
+        "coco_polygon_inf",
+        "cvat.import_cvat",
+        "error|skip",
+        _annotation_entry(
+            lambda s, r: write_coco_patched(s, r / "inf_polygon.json", _coco_inf_polygon),
+            "coco.json",
+        ),
+    ),
+    Entry(
+        "coco_polygon_huge",
+        "cvat.import_cvat",
+        "warn",
+        _annotation_entry(
+            lambda s, r: write_coco_patched(s, r / "huge_polygon.json", _coco_huge_polygon),
+            "coco.json",
+        ),
+    ),
+    Entry(
+        "coco_list_category_id",
+        "cvat.load_annotations",
+        "error|skip",
+        _annotation_entry(
+            lambda s, r: write_coco_patched(s, r / "list_category.json", _coco_list_category),
+            "coco.json",
+        ),
+    ),
+    Entry(
+        "coco_dict_image_id",
+        "cvat.load_annotations",
+        "error|skip",
+        _annotation_entry(
+            lambda s, r: write_coco_patched(s, r / "dict_image_id.json", _coco_dict_image_id),
+            "coco.json",
+        ),
+    ),
+    Entry(
+        "coco_list_images_id",
+        "cvat.load_annotations",
+        "error",
+        _annotation_entry(
+            lambda s, r: write_coco_patched(s, r / "list_images_id.json", _coco_list_images_id),
+            "coco.json",
+        ),
+    ),
+    Entry(
+        "json_nested_200000",
+        "cvat.load_annotations",
+        "error",
+        lambda root: write_deep_json(root / "deep.json"),
+    ),
+    Entry(
+        "json_5000_digit_integer",
+        "cvat.load_annotations",
+        "error",
+        _annotation_entry(lambda s, r: write_huge_int_json(s, r / "digits.json"), "coco.json"),
+    ),
+    Entry(
+        "zip_declares_3gib",
+        "cvat.load_annotations",
+        "error",
+        lambda root: write_zip_bomb(root / "bomb.zip"),
+    ),
+    Entry(
+        "cvat_mask_box_100000",
+        "cvat.import_cvat",
+        "warn",
+        _annotation_entry(
+            lambda s, r: write_xml_huge_mask_box(s, r / "huge_box.xml", image="P_A02_f00_t00.tif"),
+            "cvat.xml",
+        ),
+    ),
+    Entry(
+        "tiff_declares_100000px",
+        "io.read_image",
+        "error|skip",
+        _in("huge_tiff", lambda d: write_huge_tiff(d, "P_A04_f00_t00.tif")),
+    ),
+    Entry(
+        "png_declares_100000px",
+        "io.read_image",
+        "error|skip",
+        _in("huge_png", lambda d: write_huge_png(d, "P_A04_f00_t00.png")),
+    ),
+    Entry(
+        "mask_tiff_declares_100000px",
+        "maskfolder.import_mask_folder",
+        "error|skip",
+        lambda root: write_mask_folder_huge_mask(root / "maskfolder"),
+    ),
+    Entry(
+        "palette_png_inverted",
+        "io.read_image",
+        "accept",
+        _in("palette", lambda d: write_inverted_palette_png(d, "P_A04_f00_t00.png")),
+    ),
+    Entry(
+        "cmyk_jpeg",
+        "io.read_image",
+        "accept",
+        _in("cmyk", lambda d: write_cmyk_jpeg(d, "P_A04_f00_t00.jpg")),
+    ),
+    Entry(
+        "tiff_thumbnail_first",
+        "io.read_image",
+        "warn",
+        _in("thumbnail", lambda d: write_tiff_thumbnail_first(d, "P_A04_f00_t00.tif")),
+    ),
+    Entry(
+        "planar_rgb_tiff",
+        "io.read_image",
+        "warn",
+        _in("planar", lambda d: write_planar_rgb_tiff(d, "P_A04_f00_t00.tif")),
+    ),
+    Entry(
+        "grey_alpha_png",
+        "io.read_image",
+        "accept",
+        _in("la_png", lambda d: write_grey_alpha(d, "P_A04_f00_t00.png")),
+    ),
+    Entry(
+        "grey_alpha_tiff",
+        "io.read_image",
+        "accept",
+        _in("la_tiff", lambda d: write_grey_alpha(d, "P_A04_f00_t00.tif")),
+    ),
+    Entry(
+        "sheet_hash_in_path",
+        "sheet.read_sheet",
+        "accept",
+        lambda root: write_sheet_rows(root / "hash.tsv", write_hash_plate(root).relative_to(root)),
+    ),
+    Entry(
+        "sheet_pixel_size_inf",
+        "sheet.read_sheet",
+        "error",
+        lambda root: write_sheet_rows(root / "inf.tsv", "plate/images", pixel_size_um="inf"),
+    ),
+    Entry(
+        "sheet_csv",
+        "sheet.read_sheet",
+        "error",
+        lambda root: write_csv_sheet(root / "plates.csv", "plate/images"),
+    ),
+    Entry(
+        "regex_column_captures_3b",
+        "sheet.plate_images",
+        "error|skip",
+        lambda root: shutil.copyfile(
+            sorted((clean_plate(root / "loose", "P", seed=4) / "images").glob("*.tif"))[0],
+            root / "loose" / "images" / "P_A3b_f00_t00.tif",
+        ),
+    ),
+    Entry(
+        "mixed_image_sizes",
+        "sheet.plate_images",
+        "error|skip",
+        lambda root: write_odd_size_image(
+            clean_plate(root / "mixed", "P", seed=5) / "images", "P_A04_f00_t00.tif"
+        ),
+    ),
+    Entry(
+        "stats_constant_column",
+        "stats.stats_from_file",
+        "warn",
+        lambda root: write_constant_scores(root / "constant.csv"),
     ),
     Entry(
         "config_out_of_range",

@@ -13,7 +13,11 @@ from .errors import EXIT_BAD_INPUT, InputError
 
 
 def _handle_errors(func):
-    """Turn bad input into a one-line message and exit status 2 (no traceback)."""
+    """Turn bad input into a one-line message and exit status 2 (no traceback).
+
+    Bad input is an :class:`InputError`, or an unusable path given on the command line
+    (missing, a directory where a file is expected, no permission).
+    """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -21,6 +25,16 @@ def _handle_errors(func):
             return func(*args, **kwargs)
         except InputError as exc:
             click.echo(f"brightseg: error: {exc}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except (
+            FileNotFoundError,
+            FileExistsError,
+            IsADirectoryError,
+            NotADirectoryError,
+            PermissionError,
+        ) as exc:
+            # A path given on the command line that cannot be used: bad input, not a bug.
+            click.echo(f"brightseg: error: {exc.filename}: {exc.strerror}", err=True)
             sys.exit(EXIT_BAD_INPUT)
 
     return wrapper

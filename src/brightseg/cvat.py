@@ -27,7 +27,6 @@ Conventions, as in CVAT's own code:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -43,7 +42,8 @@ from xml.etree import ElementTree as ET
 import numpy as np
 
 from .errors import InputError
-from .io import write_parquet, write_png, write_tiff
+from .io import image_header, load_json, write_parquet, write_png, write_tiff
+from .limits import Limits, check_pixels, get_limits
 from .progress import progress
 
 log = logging.getLogger(__name__)
@@ -172,12 +172,18 @@ def _parse_runs(rle: str | Sequence[int] | np.ndarray) -> np.ndarray:
         not np.all(np.isfinite(runs)) or np.any(runs < 0) or np.any(runs != np.round(runs))
     ):
         raise InputError(None, "mask rle contains negative or non-integer run lengths")
+    if runs.size and (runs.max() > _MAX_RUN or runs.sum() > _MAX_RUN):
+        raise InputError(None, f"mask rle run lengths are too large (sum over {_MAX_RUN:.3g})")
     return runs.astype(np.int64)
 
 
-def _decode_box(runs: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Decode CVAT runs (background first, row-major) into a ``(height, width)`` box."""
-    total = int(runs.sum())
+#: Largest sum of CVAT mask runs (exact in float64, no int64 overflow in a cumsum).
+_MAX_RUN = 2**53
+
+
+def _check_box(runs: np.ndarray | Sequence[int], width: int, height: int) -> None:
+    """Check that CVAT runs fill their ``width x height`` box exactly."""
+    total = int(np.sum(np.asarray(runs, dtype=np.int64))) if len(runs) else 0
     if width <= 0 or height <= 0:
         raise InputError(None, f"mask box has a non-positive size {width}x{height}")
     if total != width * height:
@@ -186,25 +192,39 @@ def _decode_box(runs: np.ndarray, width: int, height: int) -> np.ndarray:
             f"mask rle runs sum to {total}, expected width*height = {width}*{height} "
             f"= {width * height}",
         )
-    values = np.zeros(runs.size, dtype=bool)
-    values[1::2] = True
-    return np.repeat(values, runs).reshape(height, width)
 
 
-def _paste(
-    box: np.ndarray, left: int, top: int, image_shape: tuple[int, int]
+def _decode_box_clipped(
+    runs: np.ndarray,
+    left: int,
+    top: int,
+    width: int,
+    height: int,
+    image_shape: tuple[int, int],
 ) -> tuple[np.ndarray, tuple[int, int]]:
-    """Clip ``box`` placed at (``top``, ``left``) to the image.
+    """Decode the part of a CVAT mask box that lies inside the image.
 
-    Returns the clipped box and its (row, column) offset in the image.
+    Runs alternate background/foreground (background first) and fill the
+    ``width x height`` box row by row.  Only the pixels inside the image are decoded
+    (in bounded row chunks), so memory is bounded by the image whatever box size the
+    export declares.  Returns the clipped box and its (row, column) offset.
     """
+    _check_box(runs, width, height)
     h, w = image_shape
-    bh, bw = box.shape
     y0, x0 = max(top, 0), max(left, 0)
-    y1, x1 = min(top + bh, h), min(left + bw, w)
+    y1, x1 = min(top + height, h), min(left + width, w)
     if y1 <= y0 or x1 <= x0:
         return np.zeros((0, 0), dtype=bool), (0, 0)
-    return box[y0 - top : y1 - top, x0 - left : x1 - left], (y0, x0)
+    ends = np.cumsum(np.asarray(runs, dtype=np.int64))
+    out = np.empty((y1 - y0, x1 - x0), dtype=bool)
+    cols = np.arange(x0 - left, x1 - left, dtype=np.int64)
+    step = max(1, (1 << 20) // cols.size)
+    for r0 in range(y0, y1, step):
+        r1 = min(y1, r0 + step)
+        rows = np.arange(r0 - top, r1 - top, dtype=np.int64)
+        idx = rows[:, None] * int(width) + cols[None, :]
+        out[r0 - y0 : r1 - y0] = np.searchsorted(ends, idx, side="right") % 2 == 1
+    return out, (y0, x0)
 
 
 def decode_cvat_rle(
@@ -241,9 +261,10 @@ def decode_cvat_rle(
         Malformed runs, or runs that do not sum to ``width * height``.
     """
     h, w = (int(v) for v in image_shape[:2])
-    box = _decode_box(_parse_runs(rle), int(width), int(height))
     out = np.zeros((h, w), dtype=bool)
-    part, (y0, x0) = _paste(box, int(left), int(top), (h, w))
+    part, (y0, x0) = _decode_box_clipped(
+        _parse_runs(rle), int(left), int(top), int(width), int(height), (h, w)
+    )
     out[y0 : y0 + part.shape[0], x0 : x0 + part.shape[1]] = part
     return out
 
@@ -306,11 +327,83 @@ def _decode_cropped(rle: dict) -> tuple[np.ndarray, tuple[int, int]]:
     return full[y : y + bh, x : x + bw].view(bool), (y, x)
 
 
-def _polygon_rle(rings: list[list[float]], h: int, w: int) -> dict:
-    """pycocotools RLE of polygon rings (merged) at image size ``(h, w)``."""
+def _check_finite_rings(rings: Sequence[Sequence[float]]) -> None:
+    """Refuse polygon rings with a NaN or infinite coordinate."""
+    for k, ring in enumerate(rings):
+        xy = np.asarray(ring, dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(xy))
+        if bad.size:
+            i = int(bad[0])
+            raise InputError(
+                None,
+                f"polygon{f' ring {k}' if len(rings) > 1 else ''} has a non-finite "
+                f"{'xy'[i % 2]} coordinate ({xy[i]}) at vertex {i // 2}: fix or delete "
+                "the shape in CVAT",
+            )
+
+
+def _clip_half(pts: np.ndarray, axis: int, bound: float, keep_ge: bool) -> np.ndarray:
+    """Sutherland-Hodgman: clip a closed polygon ``(N, 2)`` to one half-plane."""
+    if len(pts) == 0:
+        return pts
+    q = np.roll(pts, -1, axis=0)
+    a, b = pts[:, axis], q[:, axis]
+    ina = a >= bound if keep_ge else a <= bound
+    inb = b >= bound if keep_ge else b <= bound
+    cross = ina != inb
+    # Halved terms: no overflow even for coordinates near the float64 maximum.
+    den = b / 2 - a / 2
+    t = np.divide(bound / 2 - a / 2, den, out=np.zeros_like(a), where=cross & (den != 0))
+    t = np.clip(t, 0.0, 1.0)[:, None]
+    inter = pts * (1 - t) + q * t
+    inter[:, axis] = bound
+    slots = np.stack([inter, q], axis=1)
+    return slots[np.stack([cross, inb], axis=1)]
+
+
+def sanitize_polygon(rings: Sequence[Sequence[float]], h: int, w: int) -> list[list[float]]:
+    """The polygon rings to hand to pycocotools: finite, within a margin of the image.
+
+    One sanitiser for CVAT XML points and COCO polygons.  pycocotools allocates memory
+    in proportion to a polygon's perimeter and crashes on non-finite or huge
+    coordinates, so a ring reaching beyond ``[-w, 2w] x [-h, 2h]`` is clipped exactly
+    to that box (Sutherland-Hodgman; the pixels inside the image are unchanged), and a
+    ring that keeps fewer than 3 vertices is dropped.  Rings inside the box are
+    returned unchanged.
+
+    Raises
+    ------
+    InputError
+        A NaN or infinite coordinate (without a path; the caller adds it).
+    """
+    _check_finite_rings(rings)
+    out = []
+    for ring in rings:
+        xy = np.asarray(ring, dtype=np.float64).reshape(-1, 2)
+        x, y = xy[:, 0], xy[:, 1]
+        if x.min() >= -w and x.max() <= 2 * w and y.min() >= -h and y.max() <= 2 * h:
+            out.append([float(v) for v in ring])
+            continue
+        for axis, bound, keep_ge in (
+            (0, -float(w), True),
+            (0, 2.0 * w, False),
+            (1, -float(h), True),
+            (1, 2.0 * h, False),
+        ):
+            xy = _clip_half(xy, axis, bound, keep_ge)
+        if len(xy) >= 3:
+            out.append(xy.ravel().tolist())
+    return out
+
+
+def _polygon_rle(rings: list[list[float]], h: int, w: int) -> dict | None:
+    """pycocotools RLE of polygon rings (merged) at image size ``(h, w)``; None if empty."""
     from pycocotools import mask as mask_utils
 
-    rles = mask_utils.frPyObjects([[float(v) for v in r] for r in rings], h, w)
+    rings = sanitize_polygon(rings, h, w)
+    if not rings:
+        return None
+    rles = mask_utils.frPyObjects(rings, h, w)
     return mask_utils.merge(rles) if len(rles) > 1 else rles[0]
 
 
@@ -318,15 +411,9 @@ def _check_shape(shape: Shape, h: int, w: int) -> None:
     """Cheap validation of a shape's geometry (raises InputError without a path)."""
     if shape.kind == "mask":
         d = shape.data
-        total = int(np.sum(d["rle"]))
-        if d["width"] <= 0 or d["height"] <= 0:
-            raise InputError(None, f"mask box has a non-positive size {d['width']}x{d['height']}")
-        if total != d["width"] * d["height"]:
-            raise InputError(
-                None,
-                f"mask rle runs sum to {total}, expected width*height = "
-                f"{d['width']}*{d['height']} = {d['width'] * d['height']}",
-            )
+        _check_box(d["rle"], d["width"], d["height"])
+    elif shape.kind == "polygon":
+        _check_finite_rings(shape.data)
     elif shape.kind == "rle":
         size = [int(v) for v in shape.data["size"]]
         if size != [h, w]:
@@ -343,10 +430,13 @@ def _shape_mask(shape: Shape, h: int, w: int) -> tuple[np.ndarray, tuple[int, in
     """Boolean mask of a shape, cropped, with its (row, col) offset in the image."""
     if shape.kind == "mask":
         d = shape.data
-        box = _decode_box(np.asarray(d["rle"], dtype=np.int64), d["width"], d["height"])
-        return _paste(box, d["left"], d["top"], (h, w))
+        runs = np.asarray(d["rle"], dtype=np.int64)
+        return _decode_box_clipped(runs, d["left"], d["top"], d["width"], d["height"], (h, w))
     if shape.kind == "polygon":
-        return _decode_cropped(_polygon_rle(shape.data, h, w))
+        rle = _polygon_rle(shape.data, h, w)
+        if rle is None:
+            return np.zeros((0, 0), dtype=bool), (0, 0)
+        return _decode_cropped(rle)
     if shape.kind == "rle":
         from pycocotools import mask as mask_utils
 
@@ -365,16 +455,20 @@ def _context_error(ann: ImageAnnotations, shape: Shape, exc: Exception) -> Input
     return InputError(ann.source or None, f"image {ann.name!r}, {shape.ident}: {msg}")
 
 
-def validate(ann: ImageAnnotations, shape: tuple[int, int] | None = None) -> None:
+def validate(
+    ann: ImageAnnotations, shape: tuple[int, int] | None = None, limits: Limits | None = None
+) -> None:
     """Check every shape's geometry without rasterising.
 
     Raises
     ------
     InputError
         Naming the export, the image and the shape: RLE runs that do not fill
-        their box/image, an RLE whose size differs from the image.
+        their box/image, an RLE whose size differs from the image, a polygon with a
+        non-finite coordinate; an image size over ``limits.max_image_pixels``.
     """
     h, w = shape if shape is not None else (ann.height, ann.width)
+    check_pixels(h, w, f"image {ann.name!r}", ann.source or None, limits)
     for s in ann.shapes:
         try:
             _check_shape(s, h, w)
@@ -382,7 +476,9 @@ def validate(ann: ImageAnnotations, shape: tuple[int, int] | None = None) -> Non
             raise _context_error(ann, s, exc) from None
 
 
-def rasterize(ann: ImageAnnotations, shape: tuple[int, int] | None = None) -> np.ndarray:
+def rasterize(
+    ann: ImageAnnotations, shape: tuple[int, int] | None = None, limits: Limits | None = None
+) -> np.ndarray:
     """Paint an image's shapes into an instance-label image.
 
     Parameters
@@ -407,7 +503,7 @@ def rasterize(ann: ImageAnnotations, shape: tuple[int, int] | None = None) -> np
         A shape that cannot be decoded (names the export, image and shape).
     """
     h, w = (int(v) for v in (shape if shape is not None else (ann.height, ann.width)))
-    validate(ann, (h, w))
+    validate(ann, (h, w), limits)
     n = len(ann.shapes)
     work = np.zeros((h, w), dtype=np.uint16 if n <= 65535 else np.uint32)
     order = sorted(range(n), key=lambda i: (ann.shapes[i].z_order, i))
@@ -497,7 +593,7 @@ def _unique_keys(entries: list[tuple[str, str, str]]) -> list[str]:
 
 
 def _parse_cvat_xml(
-    data: bytes, src: str, labels: set[str] | None
+    data: bytes, src: str, labels: set[str] | None, lim: Limits
 ) -> tuple[dict[str, ImageAnnotations], Counter]:
     # Tolerate a byte-order mark and blank lines before the XML declaration.
     body = data.lstrip(b"\xef\xbb\xbf \t\r\n")
@@ -524,6 +620,13 @@ def _parse_cvat_xml(
     if n_tracks:
         other["track"] = n_tracks
     entries, anns = [], []
+    n_shapes = sum(len(img) for img in root.iter("image"))
+    if n_shapes > lim.max_annotations:
+        raise InputError(
+            src,
+            f"export has {n_shapes:,} shapes, over the limit of {lim.max_annotations:,} "
+            "(limits.max_annotations); split the task or raise the limit",
+        )
     for k, img in enumerate(root.findall("image")):
         name = img.get("name")
         where = f"<image> #{k}" + (f" {name!r}" if name else "")
@@ -592,33 +695,68 @@ def _parse_cvat_xml(
     return dict(zip(_unique_keys(entries), anns, strict=True)), other
 
 
+def _is_coco_id(value: Any) -> bool:
+    """A COCO id must be a (hashable) integer or string; bools and floats are not ids."""
+    return (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, str)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+def _coco_id(value: Any, src: str, where: str) -> int | str:
+    if not _is_coco_id(value):
+        raise InputError(src, f"{where} must be an integer or a string, got {_short(value)}")
+    return value
+
+
 def _parse_coco(
-    doc: dict, src: str, labels: set[str] | None, problems: _Problems, subset: str = ""
+    doc: dict,
+    src: str,
+    labels: set[str] | None,
+    problems: _Problems,
+    subset: str = "",
+    lim: Limits | None = None,
 ) -> tuple[dict[str, ImageAnnotations], Counter]:
+    lim = get_limits(lim)
     images, annotations = doc.get("images"), doc.get("annotations")
     if not isinstance(images, list) or not isinstance(annotations, list):
         raise InputError(src, "COCO file needs 'images' and 'annotations' lists")
+    if len(annotations) > lim.max_annotations:
+        raise InputError(
+            src,
+            f"export has {len(annotations):,} annotations, over the limit of "
+            f"{lim.max_annotations:,} (limits.max_annotations); split it or raise the limit",
+        )
+    categories = doc.get("categories") or []
+    if not isinstance(categories, list):
+        raise InputError(src, "COCO 'categories' is not a list")
     cats: dict[Any, str] = {}
-    for c in doc.get("categories") or []:
+    for k, c in enumerate(categories):
         if isinstance(c, dict) and "id" in c:
-            cats[c["id"]] = str(c.get("name", c["id"]))
+            cid = _coco_id(c["id"], src, f"categories[{k}].id")
+            cats[cid] = str(c.get("name", cid))
     by_id: dict[Any, ImageAnnotations] = {}
     entries = []
     for k, im in enumerate(images):
         where = f"images[{k}]"
         if not isinstance(im, dict) or "id" not in im or not im.get("file_name"):
             raise InputError(src, f"{where}: needs 'id' and 'file_name'")
+        if not isinstance(im["file_name"], str):
+            raise InputError(src, f"{where}: file_name must be a string, got {im['file_name']!r}")
+        im_id = _coco_id(im["id"], src, f"{where}.id ({im['file_name']!r})")
         try:
             width, height = int(im["width"]), int(im["height"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise InputError(
                 src, f"{where} ({im['file_name']!r}): bad or missing width/height"
             ) from None
         if width <= 0 or height <= 0:
             raise InputError(src, f"{where}: image size {width}x{height} is not positive")
-        if im["id"] in by_id:
+        if im_id in by_id:
             raise InputError(src, f"{where}: duplicate image id {im['id']!r}")
-        by_id[im["id"]] = ImageAnnotations(
+        by_id[im_id] = ImageAnnotations(
             name=str(im["file_name"]),
             width=width,
             height=height,
@@ -631,7 +769,20 @@ def _parse_coco(
         if not isinstance(a, dict):
             raise InputError(src, f"annotations[{k}] is not an object")
         aid = a.get("id", f"#{k}")
-        ann = by_id.get(a.get("image_id"))
+        if not _is_coco_id(aid):
+            aid = f"#{k}"
+        image_id = a.get("image_id")
+        if not _is_coco_id(image_id):
+            problems.report(
+                InputError(
+                    src,
+                    f"annotation id {aid}: image_id must be an integer or a string, got "
+                    f"{_short(image_id)}",
+                ),
+                f"{src} annotation id {aid}",
+            )
+            continue
+        ann = by_id.get(image_id)
         if ann is None:
             problems.report(
                 InputError(
@@ -643,6 +794,16 @@ def _parse_coco(
             )
             continue
         cid = a.get("category_id")
+        if not _is_coco_id(cid):
+            problems.report(
+                InputError(
+                    src,
+                    f"annotation id {aid}: category_id must be an integer or a string, got "
+                    f"{_short(cid)}",
+                ),
+                f"{src} annotation id {aid}",
+            )
+            continue
         if cid not in cats:
             raise InputError(src, f"annotation id {aid}: unknown category_id {cid!r}")
         label = cats[cid]
@@ -697,22 +858,21 @@ def _sniff(data: bytes) -> str:
 
 
 def _parse_bytes(
-    data: bytes, src: str, labels: set[str] | None, problems: _Problems, subset: str = ""
+    data: bytes,
+    src: str,
+    labels: set[str] | None,
+    problems: _Problems,
+    subset: str = "",
+    lim: Limits | None = None,
 ) -> tuple[dict[str, ImageAnnotations], Counter]:
+    lim = get_limits(lim)
     kind = _sniff(data)
     if kind == "xml":
-        return _parse_cvat_xml(data, src, labels)
+        return _parse_cvat_xml(data, src, labels, lim)
     if kind == "json":
-        try:
-            doc = json.loads(data.decode("utf-8-sig"))
-        except UnicodeDecodeError as exc:
-            raise InputError(src, f"JSON is not UTF-8 ({exc})") from None
-        except json.JSONDecodeError as exc:
-            raise InputError(
-                src, f"JSON is not valid at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-            ) from None
+        doc = load_json(data, src, lim)
         if isinstance(doc, dict) and "images" in doc and "annotations" in doc:
-            return _parse_coco(doc, src, labels, problems, subset)
+            return _parse_coco(doc, src, labels, problems, subset, lim)
         raise InputError(
             src,
             "JSON file is not a COCO instances file (no 'images' and 'annotations'); "
@@ -744,14 +904,53 @@ def _zip_members(path: Path) -> list[tuple[str, str]]:
     return [(n, re.sub(r"^instances_|\.json$", "", PurePosixPath(n).name)) for n in coco]
 
 
+def _too_big(what: str, size: int, lim: Limits) -> str:
+    return (
+        f"{what} {size:,} bytes, over the limit of {lim.max_export_bytes:,} "
+        "(limits.max_export_bytes); split the export or raise the limit"
+    )
+
+
+def _read_members(path: Path, members: list[tuple[str, str]], lim: Limits):
+    """Read zip members, refusing any (or a total) over ``max_export_bytes``.
+
+    The declared uncompressed size is checked before reading, and reading stops one
+    byte past the limit, so a member that lies about its size cannot expand further.
+    """
+    blobs = []
+    total = 0
+    with zipfile.ZipFile(path) as zf:
+        for member, subset in members:
+            declared = zf.getinfo(member).file_size
+            if total + declared > lim.max_export_bytes:
+                raise InputError(
+                    f"{path}!{member}", _too_big("decompresses (as declared) to", declared, lim)
+                )
+            with zf.open(member) as fh:
+                data = fh.read(lim.max_export_bytes - total + 1)
+            if total + len(data) > lim.max_export_bytes:
+                raise InputError(
+                    f"{path}!{member}", _too_big("decompresses to more than", len(data), lim)
+                )
+            total += len(data)
+            blobs.append((member, subset, data))
+    return blobs
+
+
 def _load(
-    path: str | os.PathLike, labels: Iterable[str] | str | None, problems: _Problems
+    path: str | os.PathLike,
+    labels: Iterable[str] | str | None,
+    problems: _Problems,
+    limits: Limits | None = None,
 ) -> dict[str, ImageAnnotations]:
+    lim = get_limits(limits)
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "annotation export does not exist")
     if path.stat().st_size == 0:
         raise InputError(path, "annotation export is empty (0 bytes)")
+    if path.stat().st_size > lim.max_export_bytes:
+        raise InputError(path, _too_big("annotation export has", path.stat().st_size, lim))
     label_set = None if labels is None else ({labels} if isinstance(labels, str) else set(labels))
     with open(path, "rb") as fh:
         magic = fh.read(4)
@@ -760,19 +959,20 @@ def _load(
     if magic == b"PK\x03\x04":
         try:
             members = _zip_members(path)
-            with zipfile.ZipFile(path) as zf:
-                blobs = [(m, s, zf.read(m)) for m, s in members]
-        except (zipfile.BadZipFile, OSError) as exc:
+            blobs = _read_members(path, members, lim)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
+            raise InputError(path, f"cannot read zip archive ({exc})") from None
+        except NotImplementedError as exc:  # e.g. an unsupported compression method
             raise InputError(path, f"cannot read zip archive ({exc})") from None
         for member, subset, data in blobs:
-            anns, oth = _parse_bytes(data, f"{path}!{member}", label_set, problems, subset)
+            anns, oth = _parse_bytes(data, f"{path}!{member}", label_set, problems, subset, lim)
             other += oth
             for key, ann in anns.items():
                 if key in result:
                     key = f"{subset or member}/{key}"
                 result[key] = ann
     else:
-        result, other = _parse_bytes(path.read_bytes(), str(path), label_set, problems)
+        result, other = _parse_bytes(path.read_bytes(), str(path), label_set, problems, lim=lim)
     _log_summary(path, result, other, label_set)
     return result
 
@@ -816,6 +1016,7 @@ def load_annotations(
     *,
     labels: list[str] | None = None,
     on_bad_input: str = "error",
+    limits: Limits | None = None,
 ) -> dict[str, ImageAnnotations]:
     """Read a CVAT export ("CVAT for images 1.1" XML or "COCO 1.0" JSON).
 
@@ -829,6 +1030,9 @@ def load_annotations(
     on_bad_input : {"error", "skip"}
         For a COCO annotation whose image id is not listed: raise, or log and
         drop it.
+    limits : Limits, optional
+        Export size, JSON depth and digits, annotation count (default
+        :data:`~brightseg.limits.DEFAULT_LIMITS`).
 
     Returns
     -------
@@ -843,29 +1047,16 @@ def load_annotations(
         Missing/empty file, XML that is not well-formed (with line and column),
         invalid JSON, an unknown format, malformed attributes.
     """
-    return _load(path, labels, _Problems(on_bad_input))
+    return _load(path, labels, _Problems(on_bad_input), limits)
 
 
 # --------------------------------------------------------------------------- import
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image file, read from its header only."""
-    if path.stat().st_size == 0:
-        raise InputError(path, "image file is empty (0 bytes)")
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tf:
-                page = tf.pages[0]
-                return int(page.imagewidth), int(page.imagelength)
-        from PIL import Image
-
-        with Image.open(path) as im:
-            return int(im.size[0]), int(im.size[1])
-    except Exception as exc:  # noqa: BLE001 - any decoder error is bad input
-        raise InputError(path, f"cannot read image header ({type(exc).__name__}: {exc})") from None
+def _image_size(path: Path, limits: Limits | None = None) -> tuple[int, int]:
+    """(width, height) of an image file, read from its header only (:func:`image_header`)."""
+    header = image_header(path, limits)
+    return header.width, header.height
 
 
 class _ImageIndex:
@@ -914,6 +1105,7 @@ def import_cvat(
     labels: list[str] | None = ("cell",),
     on_bad_input: str = "error",
     image_suffixes: Sequence[str] = (".tif", ".tiff", ".png", ".jpg", ".jpeg"),
+    limits: Limits | None = None,
 ):
     """Turn a CVAT export into instance-label and binary masks.
 
@@ -941,6 +1133,9 @@ def import_cvat(
         leave that item out and list it in ``skipped``.
     image_suffixes : sequence of str
         Image file suffixes considered when matching by stem.
+    limits : Limits, optional
+        See :func:`load_annotations`; image sizes are checked against
+        ``max_image_pixels``.
 
     Returns
     -------
@@ -970,7 +1165,7 @@ def import_cvat(
     if isinstance(labels, str):
         labels = [labels]
     problems = _Problems(on_bad_input)
-    anns = _load(export, labels, problems)
+    anns = _load(export, labels, problems, limits)
     if not anns:
         raise InputError(export, "the export lists no images")
     if labels is not None and not any(a.shapes for a in anns.values()):
@@ -993,7 +1188,7 @@ def import_cvat(
     for key, ann in anns.items():
         try:
             img = index.find(ann.name, str(export))
-            w, h = _image_size(img)
+            w, h = _image_size(img, limits)
             if (w, h) != (ann.width, ann.height):
                 raise InputError(
                     img,
@@ -1006,7 +1201,7 @@ def import_cvat(
                     f"export images {stems[img.stem]!r} and {key!r} both resolve to stem "
                     f"{img.stem!r}; outputs would collide",
                 )
-            validate(ann)
+            validate(ann, limits=limits)
         except InputError as exc:
             problems.report(exc, ann.name)
             continue
@@ -1021,7 +1216,7 @@ def import_cvat(
     rows = []
     for ann, img, stem in progress(jobs, desc="cvat import"):
         try:
-            lab = rasterize(ann)
+            lab = rasterize(ann)  # validated against the limits in pass 1
         except InputError as exc:
             problems.report(exc, ann.name)
             continue

@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
-from .io import IMAGE_SUFFIXES, read_image, write_png
+from .io import IMAGE_SUFFIXES, image_header, read_image, write_png
 from .maskfolder import DEFAULT_PIXEL_SIZE_UM, NAME_PATTERN, _check_name
 from .progress import progress
 
@@ -116,20 +116,8 @@ def _index_by_stem(folder: Path) -> dict[str, list[Path]]:
 
 
 def _image_shape(path: Path) -> tuple[int, int]:
-    """(height, width) from the header of an image file."""
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tf:
-                page = tf.pages[0]
-                return int(page.imagelength), int(page.imagewidth)
-        from PIL import Image
-
-        with Image.open(path) as im:
-            return int(im.size[1]), int(im.size[0])
-    except Exception as exc:  # noqa: BLE001 - any decoder error is bad input
-        raise InputError(path, f"cannot read image header ({type(exc).__name__}: {exc})") from None
+    """(height, width) from the header of an image file (:func:`brightseg.io.image_header`)."""
+    return image_header(path).shape
 
 
 def load_eval_set(

@@ -82,6 +82,17 @@ def _require(df, columns: Sequence[str], what: str) -> None:
         raise ValueError(f"{what}: table lacks columns {missing}; has {list(df.columns)}")
 
 
+def _no_data(title: str, message: str):
+    """A figure that says there is nothing to draw (instead of failing on an empty table)."""
+    log.warning("%s: %s; drawing an empty figure", title, message)
+    fig = _figure(4.0, 2.4)
+    ax = fig.subplots()
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
+    ax.set_title(title)
+    ax.set_axis_off()
+    return fig
+
+
 def _colours(n: int) -> list:
     import matplotlib
 
@@ -155,6 +166,10 @@ def training_curves(
     fig = _figure(7.5, 3.0)
     ax_m, ax_l = fig.subplots(1, 2)
     keys = sorted(history.groupby(group, sort=True).groups)
+    if not keys:
+        ax_m.text(0.5, 0.5, "no training history", ha="center", va="center")
+        ax_l.set_axis_off()
+        return fig
     for colour, key in zip(_colours(len(keys)), keys, strict=True):
         key = key if isinstance(key, tuple) else (key,)
         sel = np.ones(len(history), dtype=bool)
@@ -196,6 +211,8 @@ def backbone_comparison(
         error = f"{value}_std"
     labels = sorted(table[label].astype(str).unique())
     hues = sorted(table[hue].astype(str).unique()) if hue else [None]
+    if not labels:
+        return _no_data(f"{value} per backbone", "no models to compare")
     fig = _figure(max(4.0, 0.6 * len(labels) * len(hues) + 1.5), 3.0)
     ax = fig.subplots()
     width = 0.8 / len(hues)
@@ -222,6 +239,8 @@ def livecell_groups(per_image, *, value: str = "f1", by: str = "cell_line", seed
     """Box plot with the individual images as points, per cell line (LIVECell)."""
     _require(per_image, [by, value], "livecell_groups")
     groups = sorted(per_image[by].astype(str).unique())
+    if not groups:
+        return _no_data(f"{value} per {by.replace('_', ' ')}", "no images")
     data = [per_image.loc[per_image[by].astype(str) == g, value].to_numpy(float) for g in groups]
     fig = _figure(max(4.0, 0.55 * len(groups) + 1.5), 3.2)
     ax = fig.subplots()
@@ -249,6 +268,8 @@ def ensemble_ablation(
     """
     _require(table, ["model", *metrics], "ensemble_ablation")
     models = [str(m) for m in table["model"]]
+    if not models:
+        return _no_data("Single models and the ensemble", "no models")
     fig = _figure(max(4.5, 0.35 * len(models) * len(metrics) + 1.5), 3.0)
     ax = fig.subplots()
     width = 0.8 / len(models)
@@ -267,7 +288,8 @@ def ensemble_ablation(
             hatch="//" if is_ens else None,
             edgecolor="white" if is_ens else None,
         )
-    lo = float(np.nanmin(table[list(metrics)].to_numpy(float)))
+    values = table[list(metrics)].to_numpy(float)
+    lo = float(np.nanmin(values)) if np.isfinite(values).any() else 0.0
     ax.set_ylim(max(0.0, math.floor((lo - 0.05) * 20) / 20), 1.0)
     ax.set_xticks(range(len(metrics)), list(metrics))
     ax.set(ylabel="mean over images", title="Single models and the ensemble")
@@ -357,6 +379,8 @@ def morphometry_distributions(
         by = "plate" if "plate" in cells.columns and cells["plate"].nunique() > 1 else "well"
     _require(cells, [by], "morphometry_distributions")
     groups = sorted(cells[by].astype(str).unique())
+    if not groups:
+        return _no_data(f"Cell morphometry per {by}", "no cells detected in any plate")
     if len(groups) > max_groups:
         log.warning("morphometry_distributions: drawing %d of %d groups", max_groups, len(groups))
         groups = groups[:max_groups]

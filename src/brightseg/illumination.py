@@ -98,6 +98,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .limits import Limits, get_limits
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +131,25 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def _check_radius(radius: int) -> int:
+def _check_radius(radius: int, limits: Limits | None = None) -> int:
     if isinstance(radius, bool) or not float(radius).is_integer() or int(radius) < 1:
         raise InputError(
             None, f"top-hat radius must be a positive integer (pixels), got {radius!r}"
         )
+    _check_radius_limit(int(radius), limits)
     return int(radius)
+
+
+def _check_radius_limit(radius_px: int, limits: Limits | None) -> None:
+    """Refuse a radius over ``max_illumination_radius_px`` (its disk would not fit in memory)."""
+    lim = get_limits(limits)
+    if radius_px > lim.max_illumination_radius_px:
+        raise InputError(
+            None,
+            f"top-hat radius {radius_px:.4g} px is over the limit of "
+            f"{lim.max_illumination_radius_px} px (limits.max_illumination_radius_px): the "
+            "radius should be about the size of the largest cell (e.g. 50 px)",
+        )
 
 
 def _check_mode(mode: str) -> str:
@@ -344,13 +358,16 @@ def correct_illumination(
     return normalize_percentile(th, *percentiles)
 
 
-def radius_to_px(radius: float, unit: str, pixel_size_um: float | None) -> int:
+def radius_to_px(
+    radius: float, unit: str, pixel_size_um: float | None, limits: Limits | None = None
+) -> int:
     """Convert a top-hat radius from ``unit`` ("px" or "um") to whole pixels.
 
     Raises
     ------
     InputError
-        Unknown unit, non-positive radius or pixel size, or a radius below 1 px.
+        Unknown unit, non-positive radius or pixel size, a radius below 1 px or over
+        ``limits.max_illumination_radius_px``.
     """
     if unit not in UNITS:
         raise InputError(None, f"radius unit must be one of {UNITS}, got {unit!r}")
@@ -368,6 +385,9 @@ def radius_to_px(radius: float, unit: str, pixel_size_um: float | None) -> int:
         if not np.isfinite(px) or px <= 0:
             raise InputError(None, f"pixel size must be positive, got {pixel_size_um!r}")
         radius = radius / px
+    if not np.isfinite(radius):
+        raise InputError(None, f"radius {radius} px is not finite")
+    _check_radius_limit(radius, limits)
     out = int(round(radius))
     if out < 1:
         raise InputError(None, f"radius {radius:.3g} px rounds to less than 1 px")

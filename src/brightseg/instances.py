@@ -71,6 +71,7 @@ import numpy as np
 from .config import InstancesConfig
 from .errors import InputError
 from .io import atomic_path, read_image, write_tiff
+from .limits import Limits, get_limits
 from .progress import progress
 
 log = logging.getLogger(__name__)
@@ -266,6 +267,38 @@ def _postprocess(
 # --------------------------------------------------------------------------------------
 # public API
 # --------------------------------------------------------------------------------------
+def _check_parameters(
+    pixel_size_um, h_um=None, min_area_um2=None, max_area_um2=None, limits: Limits | None = None
+) -> None:
+    """Refuse non-numeric, non-finite or out-of-range watershed parameters (InputError)."""
+    lim = get_limits(limits)
+    for name, value in (
+        ("pixel_size_um", pixel_size_um),
+        ("h_um", h_um),
+        ("min_area_um2", min_area_um2),
+        ("max_area_um2", max_area_um2),
+    ):
+        if value is None and name != "pixel_size_um":
+            continue
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise InputError(name, f"must be a number, got {value!r}") from None
+        positive = name in ("pixel_size_um", "h_um")
+        if not np.isfinite(v) or v < 0 or (positive and v == 0):
+            raise InputError(
+                name,
+                f"must be a finite {'positive' if positive else 'non-negative'} number, "
+                f"got {value!r}",
+            )
+    if not lim.min_pixel_size_um <= float(pixel_size_um) <= lim.max_pixel_size_um:
+        raise InputError(
+            "pixel_size_um",
+            f"must lie between {lim.min_pixel_size_um:g} and {lim.max_pixel_size_um:g} um "
+            f"(limits.min_pixel_size_um, limits.max_pixel_size_um), got {pixel_size_um!r}",
+        )
+
+
 def split_instances(
     mask: np.ndarray,
     *,
@@ -318,8 +351,7 @@ def split_instances(
         within a component; "plain" by the raster order of the seeds.
     """
     mask = _check_2d(mask, "mask")
-    if not (np.isfinite(pixel_size_um) and pixel_size_um > 0):
-        raise ValueError(f"pixel_size_um must be > 0, got {pixel_size_um!r}")
+    _check_parameters(pixel_size_um, h_um, min_area_um2, max_area_um2)
     if method not in ("fast", "plain"):
         raise ValueError(f"method must be 'fast' or 'plain', got {method!r}")
     if min_area_um2 is None:
@@ -404,6 +436,7 @@ def split_instances_file(
     *,
     pixel_size_um: float = 1.0,
     prob_path: str | os.PathLike | None = None,
+    limits: Limits | None = None,
     **kwargs,
 ) -> np.ndarray:
     """Read a mask (PNG/TIFF, binary or labels), split it, write a label TIFF.
@@ -418,6 +451,8 @@ def split_instances_file(
         Pixel size in µm.
     prob_path : path-like, optional
         Probability map (float in [0, 1], or uint8/uint16 scaled to full range).
+    limits : Limits, optional
+        Image size limits and the sane range of ``pixel_size_um``.
     **kwargs
         Passed to :func:`split_instances`.
 
@@ -427,7 +462,14 @@ def split_instances_file(
         The labels written.
     """
     mask_path = Path(mask_path)
-    mask = read_image(mask_path)
+    _check_parameters(
+        pixel_size_um,
+        kwargs.get("h_um"),
+        kwargs.get("min_area_um2"),
+        kwargs.get("max_area_um2"),
+        limits,
+    )
+    mask = read_image(mask_path, limits=limits)
     if mask.dtype.kind not in "biu":
         if mask.dtype.kind == "f" and np.all(mask == np.round(mask)):
             mask = mask.astype(np.int64)

@@ -78,7 +78,7 @@ import pandas as pd
 from .cvat import MANIFEST_COLUMNS as _CVAT_MANIFEST_COLUMNS
 from .errors import InputError, Problems
 from .illumination import correct_illumination, radius_to_px
-from .io import IMAGE_SUFFIXES, read_image, write_parquet, write_png, write_tiff
+from .io import IMAGE_SUFFIXES, image_header, read_image, write_parquet, write_png, write_tiff
 from .progress import progress
 from .sheet import MODALITIES
 
@@ -146,6 +146,7 @@ def _read_raw(path: Path) -> tuple[np.ndarray, str, bool]:
     lossy = suffix in _JPEG
     arr = None
     if path.is_file() and path.stat().st_size > 0:
+        image_header(path)  # size limits, before anything is decoded
         try:
             if suffix in _TIFF:
                 import tifffile
@@ -161,9 +162,10 @@ def _read_raw(path: Path) -> tuple[np.ndarray, str, bool]:
                 with Image.open(path) as im:
                     fmt = str(im.format or fmt)
                     lossy = lossy or fmt in ("JPEG", "MPO", "WEBP")
-                    if im.mode in ("LA", "La", "PA"):  # grey/palette + alpha: keep the first
+                    if im.mode in ("LA", "La", "PA", "P"):  # palette indices; grey + alpha: grey
                         im.load()
-                        arr = np.asarray(im)[..., 0]
+                        arr = np.asarray(im)
+                        arr = arr[..., 0] if arr.ndim == 3 else arr
         except InputError:
             raise
         except Exception:  # noqa: BLE001 - read_image below reports the decoder error

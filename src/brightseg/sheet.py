@@ -14,14 +14,20 @@ run before any job starts, with a message naming the file and the problem.
 from __future__ import annotations
 
 import glob
+import io
+import logging
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 
 from .errors import InputError
-from .io import IMAGE_SUFFIXES
+from .io import IMAGE_SUFFIXES, cached_image_header
+from .limits import Limits, get_limits
+
+log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = (
     "plate",
@@ -47,13 +53,68 @@ def _as_bool(value, path, plate) -> bool:
     raise InputError(path, f"plate {plate!r}: use_for_training must be true/false, got {value!r}")
 
 
-def read_sheet(path: str | os.PathLike) -> pd.DataFrame:
+def _sheet_text(path: Path) -> str:
+    """The sheet's text without whole-line ``#`` comments and blank lines.
+
+    Only a line whose first non-blank character is ``#`` is a comment: a ``#`` inside a
+    value (a plate id, a path) is kept.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"plate sheet is not UTF-8 text ({exc})") from None
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if lines and "\t" not in lines[0]:
+        for sep, name in ((",", "commas"), (";", "semicolons")):
+            if sep in lines[0]:
+                raise InputError(
+                    path,
+                    f"plate sheet is not tab-separated: its header {lines[0][:80]!r} is "
+                    f"separated by {name}; use tabs between columns (a .tsv file)",
+                )
+    return "\n".join(lines) + "\n"
+
+
+def _check_pixel_sizes(df: pd.DataFrame, path: Path, lim: Limits) -> pd.Series:
+    raw = df["pixel_size_um"]
+    sizes = pd.to_numeric(raw, errors="coerce")
+    bad = df.loc[sizes.isna() | ~(sizes > 0), ["plate", "pixel_size_um"]]
+    if len(bad):
+        values = ", ".join(f"{p}={v!r}" for p, v in bad.itertuples(index=False))
+        hint = (
+            "; use a decimal point, not a comma (0.65)"
+            if bad["pixel_size_um"].str.contains(",").any()
+            else ""
+        )
+        raise InputError(
+            path,
+            f"plate(s) {bad['plate'].tolist()}: pixel_size_um must be a positive number "
+            f"in micrometres, got {values}{hint}",
+        )
+    lo, hi = lim.min_pixel_size_um, lim.max_pixel_size_um
+    out = df.loc[~((sizes >= lo) & (sizes <= hi)), ["plate", "pixel_size_um"]]
+    if len(out):
+        values = ", ".join(f"{p}={v!r}" for p, v in out.itertuples(index=False))
+        raise InputError(
+            path,
+            f"plate(s) {out['plate'].tolist()}: pixel_size_um must be a positive number "
+            f"between {lo:g} and {hi:g} um (limits.min_pixel_size_um, "
+            f"limits.max_pixel_size_um), got {values}",
+        )
+    return sizes.astype(float)
+
+
+def read_sheet(path: str | os.PathLike, limits: Limits | None = None) -> pd.DataFrame:
     """Read and check the plate sheet (TSV).
 
     Parameters
     ----------
     path : path-like
-        Tab-separated file with the columns in :data:`REQUIRED_COLUMNS`.
+        Tab-separated file with the columns in :data:`REQUIRED_COLUMNS`.  Lines whose
+        first non-blank character is ``#`` are comments; a ``#`` inside a value is kept.
+    limits : Limits, optional
+        The sane range of ``pixel_size_um`` (default
+        :data:`~brightseg.limits.DEFAULT_LIMITS`).
 
     Returns
     -------
@@ -64,14 +125,16 @@ def read_sheet(path: str | os.PathLike) -> pd.DataFrame:
     Raises
     ------
     InputError
-        Missing columns, duplicate plate ids, a non-numeric or non-positive pixel size,
-        an unknown modality, an invalid plate id.
+        Missing columns, duplicate plate ids, a non-numeric, non-positive or out-of-range
+        pixel size, an unknown modality, an invalid plate id; a sheet separated by commas
+        or semicolons instead of tabs.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "plate sheet does not exist")
+    text = _sheet_text(path)
     try:
-        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment="#")
+        df = pd.read_csv(io.StringIO(text), sep="\t", dtype=str, keep_default_na=False)
     except Exception as exc:  # noqa: BLE001
         raise InputError(path, f"cannot parse the plate sheet as TSV ({exc})") from None
     df.columns = [c.strip() for c in df.columns]
@@ -89,11 +152,7 @@ def read_sheet(path: str | os.PathLike) -> pd.DataFrame:
     dup = df["plate"][df["plate"].duplicated()].unique().tolist()
     if dup:
         raise InputError(path, f"duplicate plate id(s): {dup}")
-    sizes = pd.to_numeric(df["pixel_size_um"], errors="coerce")
-    bad = df.loc[sizes.isna() | (sizes <= 0), "plate"].tolist()
-    if bad:
-        raise InputError(path, f"plate(s) {bad}: pixel_size_um must be a positive number")
-    df["pixel_size_um"] = sizes.astype(float)
+    df["pixel_size_um"] = _check_pixel_sizes(df, path, get_limits(limits))
     bad_mod = df.loc[~df["modality"].isin(MODALITIES), ["plate", "modality"]]
     if len(bad_mod):
         rows = ", ".join(f"{p}={m!r}" for p, m in bad_mod.itertuples(index=False))
@@ -126,10 +185,28 @@ def compile_regex(pattern: str) -> re.Pattern:
     return rx
 
 
+def _group_int(g: dict, name: str, value: str | None, digits: int) -> int:
+    if value is None or value == "":
+        return 0
+    if not (value.isascii() and value.isdigit() and len(value) <= digits):
+        raise InputError(
+            None,
+            f"filename_regex group {name!r} captured {value[:20]!r}, not a number of at most "
+            f"{digits} digits: make the group match digits only, e.g. (?P<{name}>\\d+)",
+        )
+    return int(value)
+
+
 def parse_name(stem: str, rx: re.Pattern) -> dict | None:
     """Map a file stem to row (letter), column (int), field (int), timepoint (int).
 
     Returns None when the regex does not match.
+
+    Raises
+    ------
+    InputError
+        (Without a path.)  A group that matched something else than its kind of value:
+        a row that is not letters, a column, field or timepoint that is not a number.
     """
     m = rx.search(stem)
     if m is None:
@@ -138,17 +215,29 @@ def parse_name(stem: str, rx: re.Pattern) -> dict | None:
     if g.get("row") is not None and g.get("column") is not None:
         row, col = g["row"], g["column"]
     else:
-        wm = re.fullmatch(r"([A-Za-z]+)0*(\d+)", g["well"] or "")
+        wm = re.fullmatch(r"([A-Za-z]+)0*(\d+)", g.get("well") or "")
         if wm is None:
-            return None
+            if g.get("well") is None:
+                return None
+            raise InputError(
+                None,
+                f"filename_regex group 'well' captured {g['well'][:20]!r}, not a well such as B03",
+            )
         row, col = wm.group(1), wm.group(2)
+    if not re.fullmatch(r"[A-Za-z]{1,3}", row):
+        raise InputError(
+            None,
+            f"filename_regex group 'row' captured {row[:20]!r}, not 1-3 letters: make the "
+            "group match letters only, e.g. (?P<row>[A-P])",
+        )
     row = row.upper()
+    column = _group_int(g, "column", col, 4)
     return {
         "row": row,
-        "column": int(col),
-        "well": f"{row}{int(col):02d}",
-        "field": int(g.get("field") or 0),
-        "timepoint": int(g.get("timepoint") or 0),
+        "column": column,
+        "well": f"{row}{column:02d}",
+        "field": _group_int(g, "field", g.get("field"), 9),
+        "timepoint": _group_int(g, "timepoint", g.get("timepoint"), 9),
     }
 
 
@@ -175,8 +264,14 @@ def plate_images(
     *,
     sheet_path: str = "config/plates.tsv",
     on_bad_input: str = "error",
+    limits: Limits | None = None,
 ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """Build the image table of one plate from its directory or glob.
+
+    Every image's header is read (not its pixels; cached per file): images whose size
+    differs from the plate's most common size are an error, or under ``skip`` are
+    skipped, so a plate never fails half-way through its correction job.  A file whose
+    header cannot be read is left to the job that reads it (which reports it).
 
     Returns
     -------
@@ -189,8 +284,9 @@ def plate_images(
     ------
     InputError
         Missing directory, no images, a regex that matches none of the files, or (unless
-        skipping) a file name the regex does not match, or two images mapping to the same
-        well / field / timepoint.
+        skipping) a file name the regex does not match or whose groups capture something
+        else than a row letter and numbers, two images mapping to the same well / field /
+        timepoint, images of different sizes.
     """
     if not any(ch in spec for ch in "*?[") and not Path(spec).is_dir():
         raise InputError(spec, f"plate {plate!r}: image directory does not exist ({sheet_path})")
@@ -199,7 +295,13 @@ def plate_images(
         raise InputError(spec, f"plate {plate!r}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     rows, skipped = [], []
     for f in files:
-        meta = parse_name(f.stem, rx)
+        try:
+            meta = parse_name(f.stem, rx)
+        except InputError as exc:
+            if on_bad_input != "skip":
+                raise InputError(f, f"plate {plate!r}: {exc.message}") from None
+            skipped.append((str(f), exc.message))
+            continue
         if meta is None:
             skipped.append((str(f), "file name does not match filename_regex"))
             continue
@@ -228,7 +330,52 @@ def plate_images(
     dup_ids = df[df["image_id"].duplicated()]["image_id"].tolist()
     if dup_ids:
         raise InputError(spec, f"plate {plate!r}: duplicate image stems {dup_ids[:4]}")
+    df, odd = _drop_odd_sizes(plate, spec, df, on_bad_input, limits)
+    skipped.extend(odd)
     return df.reset_index(drop=True), skipped
+
+
+def _fmt_size(size: tuple[int, int]) -> str:
+    return f"{size[1]}x{size[0]}"
+
+
+def _drop_odd_sizes(
+    plate: str, spec: str, df: pd.DataFrame, on_bad_input: str, limits: Limits | None
+) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Images whose header size differs from the plate's most common size."""
+    sizes: dict[str, tuple[int, int]] = {}
+    for path in df["path"]:
+        try:
+            sizes[path] = cached_image_header(path, limits).shape
+        except (InputError, OSError):
+            continue  # unreadable or over a limit: the job reading it reports it
+    counts = Counter(sizes.values())
+    if len(counts) <= 1:
+        return df, []
+    first = {}
+    for path, size in sizes.items():
+        first.setdefault(size, path)
+    # Most common size; ties go to the size of the first image in name order.
+    order = list(first)
+    common = max(order, key=lambda s: (counts[s], -order.index(s)))
+    odd = [p for p, s in sizes.items() if s != common]
+    if on_bad_input != "skip":
+        listing = "; ".join(f"{_fmt_size(s)} ({counts[s]} images, e.g. {first[s]})" for s in order)
+        raise InputError(
+            odd[0],
+            f"plate {plate!r}: images differ in size (width x height): {listing}; every "
+            "image of a plate must have the same size (or set on_bad_input: skip to leave "
+            "out those not of the most common size)",
+        )
+    rows = [
+        (
+            p,
+            f"image is {_fmt_size(sizes[p])} (width x height) but most images of plate "
+            f"{plate!r} are {_fmt_size(common)}",
+        )
+        for p in odd
+    ]
+    return df[~df["path"].isin(odd)], rows
 
 
 def discover_plates(

@@ -105,7 +105,10 @@ def one_sample_report(
         ``beta_successes`` (#values >= threshold), ``beta_failures``, and
         ``beta_ci95_low``/``beta_ci95_high``: the equal-tailed 95 % interval
         of the Beta(1 + successes, 1 + failures) posterior (uniform prior) of
-        P(score >= threshold), and its mean ``beta_mean``.
+        P(score >= threshold), and its mean ``beta_mean``.  ``undefined_reason`` is
+        None, or says why ``t``, ``p_value``, ``log10_p`` and ``cohens_d`` are NaN
+        (JSON ``null``): all values equal (to rounding), so the standard deviation is 0
+        and the statistics are not defined.
     """
     from scipy import stats
 
@@ -118,12 +121,17 @@ def one_sample_report(
     n = int(x.size)
     mean = float(x.mean())
     std = float(x.std(ddof=1))
-    sem = std / math.sqrt(n)
     df = n - 1
-    if sem > 0:
-        t = (mean - float(baseline)) / sem
+    undefined = _undefined_reason(x, mean, std)
+    if undefined:
+        # Rounding leaves a std of ~1e-17 for equal values, which would give a t of
+        # 1e14 and a p of 1e-30: report the statistics as undefined instead.
+        std = 0.0
+    sem = std / math.sqrt(n)
+    if undefined:
+        t = math.nan
     else:
-        t = math.copysign(math.inf, mean - baseline) if mean != baseline else math.nan
+        t = (mean - float(baseline)) / sem
     p = float(stats.t.sf(t, df)) if not math.isnan(t) else math.nan
     log10_p = t_log10_sf(t, df)
     half = float(stats.t.ppf(0.975, df)) * sem
@@ -146,6 +154,7 @@ def one_sample_report(
         "ci95_low": mean - half,
         "ci95_high": mean + half,
         "cohens_d": (mean - float(baseline)) / std if std > 0 else math.nan,
+        "undefined_reason": undefined,
         "threshold": threshold,
         "beta_successes": successes,
         "beta_failures": failures,
@@ -153,6 +162,16 @@ def one_sample_report(
         "beta_ci95_low": float(beta.ppf(0.025)),
         "beta_ci95_high": float(beta.ppf(0.975)),
     }
+
+
+def _undefined_reason(x: np.ndarray, mean: float, std: float) -> str | None:
+    """Why the t statistic and Cohen's d are undefined for ``x``, or None."""
+    if np.all(x == x[0]) or std <= 1e-12 * abs(mean):
+        return (
+            f"all {x.size} values are equal ({x[0]:.6g}): the standard deviation is 0, so "
+            "the t statistic, p value and Cohen's d are undefined"
+        )
+    return None
 
 
 def paired_comparison(
@@ -423,6 +442,9 @@ def stats_from_file(
     """
     from .io import write_text
 
+    for name, value in (("baseline", baseline), ("threshold", threshold), ("alpha", alpha)):
+        if value is not None and not math.isfinite(float(value)):
+            raise InputError(name, f"must be a finite number, got {value!r}")
     values, n_dropped = read_scores(input, column, nan_policy=nan_policy)
     report = one_sample_report(values, baseline=baseline, threshold=threshold, alpha=alpha)
     report.update(
@@ -439,6 +461,8 @@ def stats_from_file(
         write_text(report_markdown(report, title=title), out_md)
     if out_tex is not None:
         write_text(report_latex(report, caption=title), out_tex)
+    if report["undefined_reason"]:
+        log.warning("%s: %s", column, report["undefined_reason"])
     log.info(
         "%s: n=%d mean=%.4f t=%.2f log10 p=%.1f d=%.2f",
         column,

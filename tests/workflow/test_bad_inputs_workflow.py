@@ -9,6 +9,7 @@ import, ``results/qc/skipped.tsv``), a few seconds per run.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -312,3 +313,183 @@ def test_error_in_annotations_keeps_going_for_the_rest(work, clean_run, run_snak
     for plate in PLATES:
         assert (work / f"results/plates/{plate}.ome.zarr/zarr.json").is_file()
     assert (work / "results/annotations/p3/manifest.parquet").is_file()
+
+
+# --------------------------------------------------------------------------- (d) issue 14
+# Hostile files through the workflow.  Parse-time refusals are checked with ``-n`` only
+# (no job runs); the job-level cases share one run under skip and one under error.
+
+
+def _hostile_mixed_sizes(work):
+    set_config(work, on_bad_input="error")
+    odd = bi.write_odd_size_image(work / "data/p2/images", "p2_A06_f00_t00.tif")
+    return f"data/p2/images/{odd.name}", r"plate 'p2': images differ in size"
+
+
+def _hostile_zip_bomb(work):
+    bi.write_zip_bomb(work / "data/p1/bomb.zip")
+    sheet = work / "config" / "plates.tsv"
+    sheet.write_text(sheet.read_text().replace("data/p1/cvat.xml", "data/p1/bomb.zip"))
+    return "data/p1/bomb.zip!annotations.xml", r"decompresses \(as declared\) to 3,221,225,472"
+
+
+def _hostile_deep_json(work):
+    bi.write_deep_json(work / "data/p3/deep.json")
+    sheet = work / "config" / "plates.tsv"
+    sheet.write_text(sheet.read_text().replace("data/p3/coco.json", "data/p3/deep.json"))
+    return "data/p3/deep.json", r"JSON is nested \d+ levels deep, over the limit of 64"
+
+
+def _hostile_huge_int(work):
+    coco = work / "data/p3/coco.json"
+    bi.write_huge_int_json(coco, coco)
+    return "data/p3/coco.json", r"JSON has an integer of 5000 digits"
+
+
+def _hostile_pixel_size_inf(work):
+    append_sheet(work, bi.sheet_row("p4", "data/p2/images", pixel_size_um="inf"))
+    return "config/plates.tsv", r"plate\(s\) \['p4'\]: pixel_size_um must be .* got p4='inf'"
+
+
+def _hostile_csv_sheet(work):
+    sheet = work / "config" / "plates.tsv"
+    sheet.write_text(sheet.read_text().replace("\t", ","))
+    return "config/plates.tsv", r"separated by commas; use tabs"
+
+
+def _hostile_regex_3b(work):
+    set_config(work, on_bad_input="error", filename_regex=bi.LOOSE_REGEX)
+    images = work / "data/p2/images"
+    shutil.copyfile(images / "p2_A01_f00_t00.tif", images / "p2_A3b_f00_t00.tif")
+    return "data/p2/images/p2_A3b_f00_t00.tif", r"group 'column' captured '3b', not a number"
+
+
+HOSTILE_STOP_EARLY = {
+    "mixed_image_sizes": _hostile_mixed_sizes,
+    "zip_declares_3gib": _hostile_zip_bomb,
+    "json_nested_200000": _hostile_deep_json,
+    "json_5000_digit_integer": _hostile_huge_int,
+    "sheet_pixel_size_inf": _hostile_pixel_size_inf,
+    "sheet_csv": _hostile_csv_sheet,
+    "regex_column_captures_3b": _hostile_regex_3b,
+}
+
+
+@pytest.mark.parametrize("problem", sorted(HOSTILE_STOP_EARLY))
+def test_hostile_input_stops_at_parse_time(work, problem, run_snakemake):
+    where, what = HOSTILE_STOP_EARLY[problem](work)
+    proc = run_snakemake(work, "-n", "--cores", "1", check=False)
+    text = output(proc)
+    assert proc.returncode != 0, text[-3000:]
+    assert where in text and re.search(what, text), text[-3000:]
+    assert "Traceback (most recent call last)" not in text
+    assert not (work / "results").exists()
+
+
+def _plant_hostile_files(work) -> dict:
+    """Several hostile files at once in the three tiny plates; returns what was planted."""
+    p2 = work / "data/p2/images"
+    planted = {
+        "huge_tiff": bi.write_huge_tiff(p2, "p2_A05_f00_t00.tif"),
+        "odd_size": bi.write_odd_size_image(p2, "p2_A06_f00_t00.tif"),
+        "palette": bi.write_inverted_palette_png(p2, "p2_A07_f00_t00.png"),
+        "thumbnail": bi.write_tiff_thumbnail_first(p2, "p2_A08_f00_t00.tif"),
+        "planar": bi.write_planar_rgb_tiff(p2, "p2_A09_f00_t00.tif"),
+        "cmyk": bi.write_cmyk_jpeg(p2, "p2_A10_f00_t00.jpg"),
+        "grey_alpha": bi.write_grey_alpha(p2, "p2_A11_f00_t00.png"),
+        "huge_png": bi.write_huge_png(p2, "p2_A12_f00_t00.png"),
+    }
+    # A column group that also takes a letter: p2_A3b is skipped, every other name parses.
+    set_config(work, filename_regex=bi.LOOSE_REGEX)
+    shutil.copyfile(p2 / "p2_A01_f00_t00.tif", p2 / "p2_A3b_f00_t00.tif")
+    xml = work / "data/p1/cvat.xml"
+    bi.write_xml_polygon(xml, xml, image="p1_A02_f00_t00.tif", points=bi.NAN_POINTS)
+    bi.write_xml_polygon(xml, xml, image="p1_A01_f00_t00.tif", points=bi.HUGE_POINTS)
+    bi.write_xml_huge_mask_box(xml, xml, image="p1_A03_f00_t00.tif")
+    coco = work / "data/p3/coco.json"
+    doc = json.loads(coco.read_text())
+    anns = doc["annotations"]
+    anns[0]["category_id"] = [anns[0]["category_id"]]
+    anns[1]["image_id"] = {"id": anns[1]["image_id"]}
+    polygon = next(a for a in anns[2:] if isinstance(a.get("segmentation"), list))
+    polygon["segmentation"][0][2] = float("inf")
+    coco.write_text(json.dumps(doc))
+    images = {i["id"]: i["file_name"] for i in doc["images"]}
+    planted["coco_aids"] = (anns[0]["id"], anns[1]["id"])
+    planted["coco_inf_image"] = images[polygon["image_id"]]
+    return planted
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_hostile_files_are_skipped_in_one_run(work, run_snakemake):
+    from brightseg.io import _host_tag
+    from brightseg.platestore import open_plate
+
+    planted = _plant_hostile_files(work)
+    # A temporary store left by a correct_illumination job killed with SIGKILL.
+    stale = work / f"results/plates/.p2.ome.zarr.tmp-{_host_tag()}-{_dead_pid()}-x.ome.zarr"
+    (stale / "0").mkdir(parents=True)
+
+    run_snakemake(work, "--cores", "2")
+    skipped = pd.read_csv(work / "results/qc/skipped.tsv", sep="\t", dtype=str)
+    got = sorted(skipped[["stage", "plate", "file"]].values.tolist())
+    a0, a1 = planted["coco_aids"]
+    assert got == sorted(
+        [
+            ["correct_illumination", "p2", "data/p2/images/p2_A05_f00_t00.tif"],
+            ["correct_illumination", "p2", "data/p2/images/p2_A06_f00_t00.tif"],
+            ["correct_illumination", "p2", "data/p2/images/p2_A12_f00_t00.png"],
+            ["correct_illumination", "p2", "data/p2/images/p2_A3b_f00_t00.tif"],
+            ["import_annotations", "p1", "p1_A02_f00_t00.tif"],
+            ["import_annotations", "p3", f"data/p3/coco.json annotation id {a0}"],
+            ["import_annotations", "p3", f"data/p3/coco.json annotation id {a1}"],
+            ["import_annotations", "p3", planted["coco_inf_image"]],
+        ]
+    )
+    reasons = dict(zip(skipped["file"], skipped["reason"], strict=True))
+    assert "limits.max_image_pixels" in reasons["data/p2/images/p2_A05_f00_t00.tif"]
+    assert "limits.max_image_pixels" in reasons["data/p2/images/p2_A12_f00_t00.png"]
+    assert "but most images of plate 'p2' are 64x64" in reasons["data/p2/images/p2_A06_f00_t00.tif"]
+    assert "captured '3b'" in reasons["data/p2/images/p2_A3b_f00_t00.tif"]
+    assert "non-finite" in reasons["p1_A02_f00_t00.tif"]
+    assert "non-finite" in reasons[planted["coco_inf_image"]]
+    assert (
+        "category_id must be an integer or a string"
+        in reasons[f"data/p3/coco.json annotation id {a0}"]
+    )
+    assert (
+        "image_id must be an integer or a string"
+        in reasons[f"data/p3/coco.json annotation id {a1}"]
+    )
+    store = open_plate(work / "results/plates/p2.ome.zarr", mode="r")
+    ids = set(store.images["image_id"])
+    read_as_displayed = {f"p2_A{k:02d}_f00_t00" for k in (7, 8, 9, 10, 11)}
+    assert read_as_displayed <= ids
+    assert not ids & {"p2_A05_f00_t00", "p2_A06_f00_t00", "p2_A12_f00_t00", "p2_A3b_f00_t00"}
+    assert not stale.exists()
+    assert "Traceback (most recent call last)" not in logs(work)
+
+
+def test_hostile_files_fail_their_jobs_under_error(work, run_snakemake):
+    set_config(work, on_bad_input="error")
+    bi.write_huge_tiff(work / "data/p2/images", "p2_A05_f00_t00.tif")
+    xml = work / "data/p1/cvat.xml"
+    bi.write_xml_polygon(xml, xml, image="p1_A02_f00_t00.tif", points=bi.NAN_POINTS)
+    proc = run_snakemake(work, "--cores", "2", "--keep-going", check=False)
+    text = output(proc) + logs(work)
+    assert proc.returncode != 0
+    assert (
+        "data/p2/images/p2_A05_f00_t00.tif: image is 100000x100000 px (width x height)" in text
+    ), text[-3000:]
+    assert "image 'p1_A02_f00_t00.tif', <polygon>" in text and "non-finite" in text
+    assert "Traceback (most recent call last)" not in logs(work)
+    assert not (work / "results/plates/p2.ome.zarr").exists()
+    assert (work / "results/plates/p3.ome.zarr/zarr.json").is_file()
