@@ -15,4 +15,5 @@ with log_to(snakemake.log[0]):
         illumination=dict(snakemake.params.illumination),
         chunk=int(snakemake.params.chunk),
         on_bad_input=snakemake.params.on_bad_input,
+        limits=dict(snakemake.params.limits),
     )

@@ -12,4 +12,5 @@ with log_to(snakemake.log[0]):
         plate=snakemake.wildcards.plate,
         annotations=dict(snakemake.params.annotations),
         on_bad_input=snakemake.params.on_bad_input,
+        limits=dict(snakemake.params.limits),
     )

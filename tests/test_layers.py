@@ -12,7 +12,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "src" / "brightseg"
-BASE = {"brightseg.io", "brightseg.errors", "brightseg.config", "brightseg.progress"}
+BASE = {
+    "brightseg.io",
+    "brightseg.errors",
+    "brightseg.config",
+    "brightseg.limits",
+    "brightseg.progress",
+}
 
 
 def module_name(path: Path) -> str:

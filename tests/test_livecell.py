@@ -161,7 +161,7 @@ def test_read_annotations_accepts_list_and_dict(fixture):
     ):
         L.read_annotations(bad)
     bad.write_text("{not json")
-    with pytest.raises(InputError, match="not valid JSON"):
+    with pytest.raises(InputError, match="JSON is not valid at line 1, column 2"):
         L.read_annotations(bad)
 
 

@@ -23,7 +23,6 @@ the comparison with LIVECell's published mask AP.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -37,7 +36,15 @@ import pandas as pd
 
 from .cvat import coco_string_runs
 from .errors import InputError
-from .io import IMAGE_SUFFIXES, read_image, write_parquet, write_png, write_text, write_tiff
+from .io import (
+    IMAGE_SUFFIXES,
+    load_json,
+    read_image,
+    write_parquet,
+    write_png,
+    write_text,
+    write_tiff,
+)
 from .metrics import coco_ap, coco_from_dict, labels_to_coco, labels_to_detections
 from .progress import progress
 
@@ -192,11 +199,7 @@ def read_annotations(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "annotation file does not exist")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"not valid JSON ({exc})") from None
+    data = load_json(path.read_bytes(), path)  # size, depth and digits limited
     if not isinstance(data, dict):
         raise InputError(path, "top level is not a JSON object")
     missing = [k for k in ("images", "annotations", "categories") if k not in data]

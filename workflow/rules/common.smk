@@ -11,6 +11,8 @@ from brightseg import evalsets as bs_evalsets
 from brightseg import maskfolder as bs_maskfolder
 from brightseg import sheet as bs_sheet
 from brightseg.errors import InputError
+from brightseg.illumination import radius_to_px
+from brightseg.limits import Limits
 
 # The whole config is checked once, against a schema that knows every key (an unknown key
 # stops the run here, with the closest valid name), and becomes typed, frozen blocks with
@@ -29,7 +31,8 @@ SYNTH = CFG["demo"]["synth"]
 SHEET = CFG["plates"]
 
 try:
-    PLATES = bs_sheet.read_sheet(SHEET)
+    LIMITS = Limits.from_config(CFG["limits"])
+    PLATES = bs_sheet.read_sheet(SHEET, limits=LIMITS)
     if CFG["plate_discovery"]:
         _disc = CFG["plate_discovery"]
         PLATES = pd.concat(
@@ -54,6 +57,7 @@ try:
                 REGEX,
                 sheet_path=SHEET,
                 on_bad_input=ON_BAD_INPUT,
+                limits=LIMITS,
             )
     # Annotation exports on disk are parsed now too: a malformed XML (or, under
     # on_bad_input: error, a COCO annotation naming a missing image) stops the run here.
@@ -70,6 +74,7 @@ try:
                     _ann,
                     labels=list(_labels) if _labels is not None else None,
                     on_bad_input=ON_BAD_INPUT,
+                    limits=LIMITS,
                 )
     finally:
         _cvat_log.setLevel(_cvat_level)
@@ -80,6 +85,11 @@ try:
         _plate: bs_config.plate_illumination(CFG.illumination, _row, sheet=SHEET)
         for _plate, _row in PLATES.iterrows()
     }
+    # A radius that would allocate a structuring element beyond limits stops here too.
+    for _plate, _ill in PLATE_ILLUMINATION.items():
+        radius_to_px(
+            _ill.radius, _ill.unit, PLATES.loc[_plate, "pixel_size_um"], LIMITS
+        )
 except InputError as exc:
     raise WorkflowError(f"brightseg: bad input: {exc}")
 

@@ -18,6 +18,7 @@ rule import_annotations:
         images=plate_param("images"),
         annotations=CFG.annotations.as_dict(),
         on_bad_input=ON_BAD_INPUT,
+        limits=CFG["limits"],
     script:
         "../../scripts/import_annotations.py"
 
@@ -42,6 +43,7 @@ rule correct_illumination:
         illumination=plate_illumination,
         chunk=CFG["plate_store"]["chunk"],
         on_bad_input=ON_BAD_INPUT,
+        limits=CFG["limits"],
     script:
         "../../scripts/correct_illumination.py"
 

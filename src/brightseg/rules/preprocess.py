@@ -14,6 +14,7 @@ from ..errors import InputError
 from ..illumination import correct_illumination as _correct
 from ..illumination import radius_to_px
 from ..io import read_image, warn_low_bit_depth, write_text
+from ..limits import Limits
 from ..maskfolder import import_mask_annotations
 from ..platestore import write_plate
 from ..sheet import compile_regex, list_images, plate_images
@@ -31,6 +32,7 @@ def import_annotations(
     plate: str,
     annotations: AnnotationsConfig | dict,
     on_bad_input: str,
+    limits: Limits | dict | None = None,
 ) -> None:
     """Rule ``import_annotations``: annotations -> label TIFFs, mask PNGs, manifest.
 
@@ -40,6 +42,7 @@ def import_annotations(
     :func:`brightseg.maskfolder.import_mask_annotations`).  Both write the same files.
     """
     cfg = AnnotationsConfig.coerce(annotations)
+    limits = limits if isinstance(limits, Limits) else Limits.from_config(limits)
     out_dir = Path(manifest).parent
     if Path(manifest).resolve() != (out_dir / "manifest.parquet").resolve():
         raise ValueError(f"{manifest}: the manifest must be named manifest.parquet")
@@ -57,7 +60,13 @@ def import_annotations(
     else:
         labels = list(cfg.labels) if cfg.labels is not None else None
         _, skip_df = import_cvat(
-            export, images, out_dir, plate=plate, labels=labels, on_bad_input=on_bad_input
+            export,
+            images,
+            out_dir,
+            plate=plate,
+            labels=labels,
+            on_bad_input=on_bad_input,
+            limits=limits,
         )
     rows = (
         list(skip_df[["file", "reason"]].itertuples(index=False, name=None)) if len(skip_df) else []
@@ -77,6 +86,7 @@ def correct_illumination(
     illumination: IlluminationConfig | dict,
     chunk: int,
     on_bad_input: str = "error",
+    limits: Limits | dict | None = None,
 ) -> None:
     """Rule ``correct_illumination``: top-hat correct every image of a plate into OME-Zarr.
 
@@ -85,10 +95,11 @@ def correct_illumination(
     own (the config block with the sheet's per-plate overrides).
     """
     cfg = IlluminationConfig.coerce(illumination)
+    limits = limits if isinstance(limits, Limits) else Limits.from_config(limits)
     table, skip_rows = plate_images(
-        plate, images_spec, compile_regex(regex), on_bad_input=on_bad_input
+        plate, images_spec, compile_regex(regex), on_bad_input=on_bad_input, limits=limits
     )
-    radius_px = radius_to_px(cfg.radius, cfg.unit, pixel_size_um)
+    radius_px = radius_to_px(cfg.radius, cfg.unit, pixel_size_um, limits)
 
     # Unreadable images: error, or skip and list them (checked up front, so the store
     # holds exactly the readable images and a skip never leaves a hole mid-write).
@@ -96,7 +107,7 @@ def correct_illumination(
     shapes: dict[tuple, str] = {}
     for row in table.itertuples(index=False):
         try:
-            img = read_image(row.path)
+            img = read_image(row.path, limits=limits)
         except InputError as exc:
             if on_bad_input != "skip":
                 raise
@@ -116,7 +127,7 @@ def correct_illumination(
     table = pd.DataFrame(good)
 
     def load(row) -> np.ndarray:
-        img = read_image(row.path).astype("float32")
+        img = read_image(row.path, limits=limits).astype("float32")
         return _correct(
             img, radius_px, mode=cfg.mode, method=cfg.method, percentiles=tuple(cfg.percentiles)
         )
