@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from brightseg.bench.tophat import synthetic_brightfield
 from brightseg.errors import InputError
 from brightseg.illumination import (
     background,
@@ -16,7 +17,6 @@ from brightseg.illumination import (
     euclidean_disk,
     normalize_percentile,
     radius_to_px,
-    synthetic_brightfield,
     to_uint16,
     tophat,
 )

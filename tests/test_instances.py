@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 import tifffile
 
+from brightseg.bench.instances import bench_instances, touching_disks
 from brightseg.errors import InputError
 from brightseg.instances import (
-    bench_instances,
     matched_f_score,
     split_instances,
     split_instances_file,
-    touching_disks,
     write_cellpose_masks,
     write_imagej_rois,
 )

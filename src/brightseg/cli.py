@@ -243,7 +243,7 @@ def bench() -> None:
 @click.option("--repeats", default=3, show_default=True)
 def bench_tophat_cmd(shape, radius, repeats):
     """Exact vs fast top-hat on the same image: time ratio and error."""
-    from .illumination import bench_tophat
+    from .bench.tophat import bench_tophat
 
     r = bench_tophat(shape=tuple(shape), radius=radius, repeats=repeats)
     click.echo(f"image {shape[0]}x{shape[1]}, disk radius {radius} px")
@@ -263,7 +263,7 @@ def bench_tophat_cmd(shape, radius, repeats):
 @click.option("--repeats", default=3, show_default=True)
 def bench_instances_cmd(shape, n, repeats):
     """Fast watershed chain vs scikit-image's plain chain on the same masks."""
-    from .instances import bench_instances
+    from .bench.instances import bench_instances
 
     r = bench_instances(shape=tuple(shape), n=n, repeats=repeats)
     for k, v in r.items():
