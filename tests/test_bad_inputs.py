@@ -64,10 +64,10 @@ import tifffile
 import yaml
 from PIL import Image
 
-from brightseg.cvat import import_cvat, load_annotations
+from brightseg.annotations.cvat import import_cvat, load_annotations
+from brightseg.annotations.maskfolder import import_mask_folder
 from brightseg.errors import InputError
 from brightseg.io import read_image, warn_low_bit_depth
-from brightseg.maskfolder import import_mask_folder
 from brightseg.patches import to_rgb_uint8
 from brightseg.platestore import open_plate
 from brightseg.rules.preprocess import correct_illumination as correct_plate
@@ -586,7 +586,7 @@ def isolated(body: str, **values) -> dict:
 
 IMPORT_BOTH = """
 import json, sys
-from brightseg.cvat import import_cvat
+from brightseg.annotations.cvat import import_cvat
 a = json.loads(sys.argv[1])
 try:
     import_cvat(a["bad"], a["images"], a["out"] + "/error", plate="P")
@@ -655,7 +655,7 @@ def test_huge_polygon_is_clipped_without_crash(plate, tmp_path, export):
 
 
 def test_polygon_sanitiser_is_exact_inside_the_image():
-    from brightseg.cvat import _polygon_rle, sanitize_polygon
+    from brightseg.annotations.cvat import _polygon_rle, sanitize_polygon
 
     # A triangle reaching 10^9 px: clipped to [-w, 2w] x [-h, 2h] ...
     ring = [10.0, 10.0, 1e9, 30.0, 10.0, 50.0]
@@ -740,7 +740,7 @@ def test_zip_declaring_3gib_is_refused_from_its_header(tmp_path):
     r = isolated(
         """
         import json, sys
-        from brightseg.cvat import load_annotations
+        from brightseg.annotations.cvat import load_annotations
         load_annotations(json.loads(sys.argv[1])["bomb"])
         """,
         bomb=bomb,
@@ -781,7 +781,7 @@ def test_huge_cvat_mask_box_is_clipped_before_decoding(plate, tmp_path):
 
 
 def test_clipped_mask_decoding_matches_full_decoding():
-    from brightseg.cvat import decode_cvat_rle
+    from brightseg.annotations.cvat import decode_cvat_rle
 
     rng = np.random.default_rng(0)
     box = rng.random((9, 13)) < 0.4
@@ -828,7 +828,7 @@ def test_huge_mask_in_a_mask_folder_error_and_skip(tmp_path):
     r = isolated(
         """
         import json, sys
-        from brightseg.maskfolder import import_mask_folder
+        from brightseg.annotations.maskfolder import import_mask_folder
         a = json.loads(sys.argv[1])
         try:
             import_mask_folder(a["images"], a["masks"], a["out"] + "/e", plate="P")

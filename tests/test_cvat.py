@@ -1,4 +1,4 @@
-"""Tests of the CVAT import stage (brightseg.cvat)."""
+"""Tests of the CVAT import stage (brightseg.annotations.cvat)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import tifffile
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from brightseg import cvat
-from brightseg.cvat import (
+from brightseg.annotations import cvat
+from brightseg.annotations.cvat import (
     ImageAnnotations,
     Shape,
     decode_cvat_rle,
@@ -209,7 +209,7 @@ def test_coco_uncompressed_rle_is_column_major():
 
 @needs_external
 def test_datumaro_project_export_counts(caplog):
-    with caplog.at_level(logging.WARNING, logger="brightseg.cvat"):
+    with caplog.at_level(logging.WARNING, logger="brightseg.annotations.cvat"):
         anns = load_annotations(EXTERNAL / "annotations.xml")
     # 6 <image> elements; the names repeat across the three subsets.
     assert sorted(anns) == sorted(
@@ -344,7 +344,7 @@ def test_tracks_skipped_with_warning(tmp_path, caplog):
     )
     p = tmp_path / "video.xml"
     p.write_text(xml)
-    with caplog.at_level(logging.WARNING, logger="brightseg.cvat"):
+    with caplog.at_level(logging.WARNING, logger="brightseg.annotations.cvat"):
         anns = load_annotations(p)
     assert kinds(anns) == ({}, {})
     assert any("1 <track> elements skipped" in r.getMessage() for r in caplog.records)
@@ -358,7 +358,7 @@ def test_degenerate_polygon_and_clipping_warnings(tmp_path, caplog):
     )
     p = tmp_path / "e.xml"
     p.write_text(cvat_xml([("a.png", 10, 10, shapes)]))
-    with caplog.at_level(logging.WARNING, logger="brightseg.cvat"):
+    with caplog.at_level(logging.WARNING, logger="brightseg.annotations.cvat"):
         anns = load_annotations(p)
     ann = anns["a.png"]
     assert [s.kind for s in ann.shapes] == ["polygon", "mask"]
@@ -521,7 +521,7 @@ def synthetic_export(tmp_path: Path) -> tuple[Path, Path]:
 def test_import_cvat_end_to_end(tmp_path, caplog):
     export, images = synthetic_export(tmp_path)
     out = tmp_path / "out"
-    with caplog.at_level(logging.WARNING, logger="brightseg.cvat"):
+    with caplog.at_level(logging.WARNING, logger="brightseg.annotations.cvat"):
         manifest, skipped = import_cvat(export, images, out, plate="P1")
     assert skipped.empty and list(skipped.columns) == ["file", "reason"]
     assert list(manifest.columns) == list(cvat.MANIFEST_COLUMNS)

@@ -7,7 +7,7 @@ import dataclasses
 import badinputs as bi
 import pytest
 
-from brightseg.cvat import load_annotations
+from brightseg.annotations.cvat import load_annotations
 from brightseg.errors import InputError
 from brightseg.limits import DEFAULT_LIMITS, Limits, check_pixels
 

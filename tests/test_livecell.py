@@ -1,4 +1,4 @@
-"""Tests of brightseg.livecell on a tiny LIVECell-format fixture built here."""
+"""Tests of brightseg.annotations.livecell on a tiny LIVECell-format fixture built here."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import tifffile
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
-from brightseg import livecell as L
+from brightseg.annotations import livecell as L
 from brightseg.errors import InputError
 from brightseg.io import read_image
 

@@ -1,4 +1,4 @@
-"""Tests of the mask-folder importer and pre-tiled patch sets (brightseg.maskfolder)."""
+"""Tests of the mask-folder importer and pre-tiled patch sets (brightseg.annotations.maskfolder)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from brightseg.cvat import MANIFEST_COLUMNS as CVAT_COLUMNS
-from brightseg.cvat import import_cvat
-from brightseg.errors import InputError
-from brightseg.maskfolder import (
+from brightseg.annotations.cvat import MANIFEST_COLUMNS as CVAT_COLUMNS
+from brightseg.annotations.cvat import import_cvat
+from brightseg.annotations.maskfolder import (
     MANIFEST_COLUMNS,
     describe_image,
     grouped_patch_split,
@@ -25,6 +24,7 @@ from brightseg.maskfolder import (
     patch_set_pairs,
     read_mask,
 )
+from brightseg.errors import InputError
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -166,7 +166,7 @@ def test_label_tiff_kept_and_renumbered(tmp_path):
 def test_label_image_given_as_binary_warns(tmp_path, caplog):
     path = tmp_path / "l.tif"
     tifffile.imwrite(path, instances())
-    with caplog.at_level(logging.WARNING, logger="brightseg.maskfolder"):
+    with caplog.at_level(logging.WARNING, logger="brightseg.annotations.maskfolder"):
         mask, labels, info = read_mask(path, expect="binary")
     assert labels is None and info["used_as"] == "binary"
     assert "expected a binary mask" in caplog.text and str(path) in caplog.text

@@ -15,15 +15,15 @@ from scipy import ndimage as ndi
 from scipy import stats
 
 import brightseg.rules.evalsets
-from brightseg.errors import InputError
-from brightseg.evalsets import comparison_tables, per_image_table, resolve_evaluation_sets
-from brightseg.io import read_image
-from brightseg.maskfolder import (
+from brightseg.annotations.maskfolder import (
     group_by_source,
     import_mask_annotations,
     patch_set_training_pairs,
     resolve_patch_sets,
 )
+from brightseg.errors import InputError
+from brightseg.evalsets import comparison_tables, per_image_table, resolve_evaluation_sets
+from brightseg.io import read_image
 from brightseg.rules.evalsets import evalset_baseline, evalset_compare
 from brightseg.rules.preprocess import correct_illumination, import_annotations
 from brightseg.rules.training import augment, split

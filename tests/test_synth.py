@@ -17,6 +17,7 @@ from scipy import ndimage as ndi
 from skimage import draw
 
 from brightseg import synth
+from brightseg.annotations import export
 from brightseg.errors import InputError
 
 SMALL = (128, 128)
@@ -188,17 +189,17 @@ def test_rle_encoders_match_reference_examples():
     doc += [5, 3]
     disc = _decode_cvat_rle(doc, 13, 15)
     assert disc[7].all() and not disc[0, :3].any() and disc[0, 3:8].all()
-    assert synth.cvat_mask_rle(disc) == doc
+    assert export.cvat_mask_rle(disc) == doc
     # A box whose first pixel is foreground starts with an empty background run.
     m = np.array([[1, 1, 0], [0, 1, 1]], bool)
-    assert synth.cvat_mask_rle(m) == [0, 2, 2, 2]
+    assert export.cvat_mask_rle(m) == [0, 2, 2, 2]
     # Datumaro's COCO example: {"counts": [0, 20, 30], "size": [10, 5]}, column-major.
     coco_mask = np.zeros((10, 5), bool)
     coco_mask[:, :2] = True
-    assert synth.coco_rle(coco_mask) == {"counts": [0, 20, 30], "size": [10, 5]}
+    assert export.coco_rle(coco_mask) == {"counts": [0, 20, 30], "size": [10, 5]}
     m2 = np.zeros((3, 2), bool)
     m2[2, 0] = m2[0, 1] = True
-    assert synth.coco_rle(m2) == {"counts": [2, 2, 2], "size": [3, 2]}
+    assert export.coco_rle(m2) == {"counts": [2, 2, 2], "size": [3, 2]}
 
 
 # --------------------------------------------------------------------------- plate

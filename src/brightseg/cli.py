@@ -150,7 +150,7 @@ def synth_evalset_cmd(out_dir, n_images, shape, seed):
 @_handle_errors
 def import_cvat_cmd(export, images_dir, out_dir, plate, labels, on_bad_input):
     """Import a CVAT export (XML 1.1 or COCO 1.0 JSON) as label TIFFs and mask PNGs."""
-    from .cvat import import_cvat
+    from .annotations.cvat import import_cvat
 
     manifest, skipped = import_cvat(
         export, images_dir, out_dir, plate=plate, labels=list(labels), on_bad_input=on_bad_input

@@ -6,12 +6,12 @@ An evaluation set is configured as::
       - name: heldout
         images: data/heldout/images         # full-size images
         masks: data/heldout/masks           # ground truth, same stems
-        mask_suffix: ""                     # optional, as in brightseg.maskfolder
+        mask_suffix: ""                     # optional, as in brightseg.annotations.maskfolder
         baselines:                          # optional: other methods' predicted masks
           cellpose: data/heldout/cellpose   # <stem>.<png|tif|jpg>, any mask encoding
           stardist: data/heldout/stardist
 
-Masks of every kind :func:`brightseg.maskfolder.read_mask` understands are
+Masks of every kind :func:`brightseg.annotations.maskfolder.read_mask` understands are
 accepted (0/1, 0/255, RGB, JPEG, instance labels); they are compared as binary
 masks (non-zero = foreground).
 
@@ -46,9 +46,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .annotations.maskfolder import DEFAULT_PIXEL_SIZE_UM, NAME_PATTERN, _check_name
 from .errors import InputError
 from .io import IMAGE_SUFFIXES, image_header, read_image, write_png
-from .maskfolder import DEFAULT_PIXEL_SIZE_UM, NAME_PATTERN, _check_name
 from .progress import progress
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def load_eval_set(
         ``{"name", "images", "masks"}`` and optionally ``"mask_suffix"`` and
         ``"baselines": {method: folder}`` (see the module docstring).
     threshold : float
-        Threshold for lossy masks (see :func:`brightseg.maskfolder.read_mask`).
+        Threshold for lossy masks (see :func:`brightseg.annotations.maskfolder.read_mask`).
     base : path-like, optional
         Folder that relative paths of ``spec`` are relative to.
     check : bool
@@ -156,7 +156,7 @@ def load_eval_set(
         image; a baseline without a mask for an image (naming both); an
         unreadable file; a size mismatch.
     """
-    from .maskfolder import match_files, read_mask
+    from .annotations.maskfolder import match_files, read_mask
 
     if not isinstance(spec, Mapping):
         raise InputError("evaluation_sets", f"each entry must be a mapping, got {spec!r}")
@@ -647,7 +647,7 @@ def paired_comparison_table(
 
 def _as_mask(value: Any, threshold: float, what: str) -> np.ndarray:
     """A prediction given as a path (read with read_mask) or an array (floats: > 0.5)."""
-    from .maskfolder import read_mask
+    from .annotations.maskfolder import read_mask
 
     if isinstance(value, str | os.PathLike):
         mask, _, _ = read_mask(value, threshold=threshold, expect="auto")
@@ -700,7 +700,7 @@ def compare_methods(
         ``method -> folder`` of ``<image_id>.<png|tif|jpg>`` masks.
     truth_loader : callable, optional
         ``row -> mask`` for a row of ``eval_df`` (as a dict); default reads
-        ``row["mask"]`` with :func:`brightseg.maskfolder.read_mask`.
+        ``row["mask"]`` with :func:`brightseg.annotations.maskfolder.read_mask`.
     threshold : float
         Threshold for lossy mask files.
 
@@ -717,7 +717,7 @@ def compare_methods(
         prediction whose shape differs from the truth, a method given both
         as a prediction and as a baseline column.
     """
-    from .maskfolder import read_mask
+    from .annotations.maskfolder import read_mask
 
     for col in ("image_id", "mask"):
         if col not in eval_df.columns:

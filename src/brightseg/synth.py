@@ -52,7 +52,6 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from xml.sax.saxutils import escape, quoteattr
 
 import cv2
 import numpy as np
@@ -60,6 +59,14 @@ import pandas as pd
 from scipy import ndimage as ndi
 from skimage import draw, measure
 
+from .annotations.export import (
+    coco_rle_box,
+    coco_skeleton,
+    cvat_mask,
+    cvat_polygon,
+    cvat_task_xml,
+    format_points,
+)
 from .errors import InputError
 from .io import atomic_path, write_png, write_text, write_tiff
 from .progress import progress
@@ -71,7 +78,6 @@ ROW_LETTERS = "ABCDEFGHIJKLMNOP"
 #: Columns per row of the simulated plate (a 96-well plate: A01..A12, B01..).
 PLATE_COLUMNS = 12
 #: Fixed timestamps keep the exports byte-identical between runs.
-_CVAT_TIME = "2024-01-01 00:00:00.000000+00:00"
 
 #: LIVECell cell lines and a rough look for each (mean radius in px at the
 #: LIVECell scale, cells per 704x520 image, and shape mix round/elongated/irregular).
@@ -673,48 +679,6 @@ def render_cells(
 # --------------------------------------------------------------------------- encodings
 
 
-def cvat_mask_rle(mask: np.ndarray) -> list[int]:
-    """CVAT mask runs: row-major within the box, alternating bg/fg, starting with bg."""
-    flat = np.ascontiguousarray(mask, dtype=bool).ravel()
-    return _runs(flat)
-
-
-def coco_rle(mask: np.ndarray) -> dict:
-    """Uncompressed COCO RLE (column-major, starting with background) of a full mask."""
-    flat = np.asarray(mask, dtype=bool).ravel(order="F")
-    return {"counts": _runs(flat), "size": [int(mask.shape[0]), int(mask.shape[1])]}
-
-
-def _coco_rle_box(mask: np.ndarray, box: tuple[int, int, int, int], shape) -> dict:
-    """:func:`coco_rle` of a mask given inside its box, without a full-size copy."""
-    h, w = int(shape[0]), int(shape[1])
-    r0, c0, r1, c1 = box
-    strip = np.zeros((h, c1 - c0), dtype=bool)
-    strip[r0:r1] = mask
-    runs = _runs(strip.ravel(order="F"))
-    runs[0] += c0 * h
-    tail = (w - c1) * h
-    if tail:
-        if len(runs) % 2:
-            runs[-1] += tail
-        else:
-            runs.append(tail)
-    return {"counts": runs, "size": [h, w]}
-
-
-def _runs(flat: np.ndarray) -> list[int]:
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    runs = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        runs = [0, *runs]
-    return [int(r) for r in runs]
-
-
-def _fmt_points(xy: np.ndarray) -> str:
-    return ";".join(f"{x:.2f},{y:.2f}" for x, y in xy)
-
-
 def well_name(index: int, columns: int = PLATE_COLUMNS) -> str:
     """Well name for a 0-based index, row-major: 0 -> A01, 11 -> A12, 12 -> B01."""
     row, col = divmod(int(index), columns)
@@ -726,101 +690,19 @@ def well_name(index: int, columns: int = PLATE_COLUMNS) -> str:
 # --------------------------------------------------------------------------- CVAT / COCO
 
 
-def _cvat_xml(task_name: str, images: list[dict]) -> str:
-    """Build a "CVAT for images 1.1" task export.
-
-    ``images`` entries: ``name``, ``width``, ``height``, ``shapes`` (list of XML strings).
-    """
-    n = len(images)
-    out = [
-        '<?xml version="1.0" encoding="utf-8"?>',
-        "<annotations>",
-        "  <version>1.1</version>",
-        "  <meta>",
-        "    <task>",
-        "      <id>1</id>",
-        f"      <name>{escape(task_name)}</name>",
-        f"      <size>{n}</size>",
-        "      <mode>annotation</mode>",
-        "      <overlap>0</overlap>",
-        "      <bugtracker></bugtracker>",
-        f"      <created>{_CVAT_TIME}</created>",
-        f"      <updated>{_CVAT_TIME}</updated>",
-        "      <subset>default</subset>",
-        "      <start_frame>0</start_frame>",
-        f"      <stop_frame>{max(0, n - 1)}</stop_frame>",
-        "      <frame_filter></frame_filter>",
-        "      <segments>",
-        "        <segment>",
-        "          <id>1</id>",
-        "          <start>0</start>",
-        f"          <stop>{max(0, n - 1)}</stop>",
-        "          <url>http://localhost:8080/api/jobs/1</url>",
-        "        </segment>",
-        "      </segments>",
-        "      <owner>",
-        "        <username>brightseg</username>",
-        "        <email></email>",
-        "      </owner>",
-        "      <assignee></assignee>",
-        "      <labels>",
-    ]
-    for name, color in (("cell", "#33ddff"), ("debris", "#fa3253")):
-        out += [
-            "        <label>",
-            f"          <name>{name}</name>",
-            f"          <color>{color}</color>",
-            "          <type>any</type>",
-            "          <attributes>",
-            "          </attributes>",
-            "        </label>",
-        ]
-    out += [
-        "      </labels>",
-        "    </task>",
-        f"    <dumped>{_CVAT_TIME}</dumped>",
-        "  </meta>",
-    ]
-    for i, im in enumerate(images):
-        out.append(
-            f'  <image id="{i}" name={quoteattr(im["name"])} '
-            f'width="{im["width"]}" height="{im["height"]}">'
-        )
-        out.extend(im["shapes"])
-        out.append("  </image>")
-    out.append("</annotations>")
-    return "\n".join(out) + "\n"
-
-
-def _cvat_polygon(label: str, xy: np.ndarray, z: int) -> str:
-    return (
-        f'    <polygon label="{label}" source="manual" occluded="0" '
-        f'points="{_fmt_points(xy)}" z_order="{z}">\n    </polygon>'
-    )
-
-
-def _cvat_mask(label: str, mask: np.ndarray, left: int, top: int, z: int) -> str:
-    rle = ", ".join(str(r) for r in cvat_mask_rle(mask))
-    return (
-        f'    <mask label="{label}" source="manual" occluded="0" rle="{rle}" '
-        f'left="{left}" top="{top}" width="{mask.shape[1]}" height="{mask.shape[0]}" '
-        f'z_order="{z}">\n    </mask>'
-    )
-
-
 def _scene_cvat_shapes(scene: Scene, *, n_debris_shapes: int = 2) -> list[str]:
     """CVAT shapes of one scene: cells alternate polygon / mask, plus distractors."""
     shapes = []
     for cell in scene.cells:
         z = cell.label
         if (cell.label - 1) % 2 == 0:
-            shapes.append(_cvat_polygon("cell", cell.polygon, z))
+            shapes.append(cvat_polygon("cell", cell.polygon, z))
         else:
             r0, c0, _, _ = cell.box
-            shapes.append(_cvat_mask("cell", cell.mask, c0, r0, z))
+            shapes.append(cvat_mask("cell", cell.mask, c0, r0, z))
     top = len(scene.cells) + 1
     for k, d in enumerate(scene.debris[:n_debris_shapes]):
-        shapes.append(_cvat_polygon("debris", d.polygon, top + k))
+        shapes.append(cvat_polygon("debris", d.polygon, top + k))
     # Shapes an importer of instance masks must skip: a box and points labelled "cell".
     h, w = scene.labels.shape
     if scene.cells:
@@ -835,27 +717,10 @@ def _scene_cvat_shapes(scene: Scene, *, n_debris_shapes: int = 2) -> list[str]:
         f'xbr="{xbr:.2f}" ybr="{ybr:.2f}" z_order="0">\n    </box>'
     )
     shapes.append(
-        f'    <points label="cell" source="manual" occluded="0" points="{_fmt_points(pts)}" '
+        f'    <points label="cell" source="manual" occluded="0" points="{format_points(pts)}" '
         f'z_order="0">\n    </points>'
     )
     return shapes
-
-
-def _coco_skeleton() -> dict:
-    return {
-        "licenses": [{"name": "", "id": 0, "url": ""}],
-        "info": {
-            "contributor": "",
-            "date_created": "",
-            "description": "",
-            "url": "",
-            "version": "",
-            "year": "",
-        },
-        "categories": [{"id": 1, "name": "cell", "supercategory": ""}],
-        "images": [],
-        "annotations": [],
-    }
 
 
 def _coco_annotations(
@@ -894,7 +759,7 @@ def _coco_annotations(
             xy = _to_xy(traced[0], vr0, vc0)
             ann["segmentation"] = [[round(float(v), 2) for v in xy.ravel()]]
         else:
-            ann["segmentation"] = _coco_rle_box(visible, (vr0, vc0, vr1, vc1), shape)
+            ann["segmentation"] = coco_rle_box(visible, (vr0, vc0, vr1, vc1), shape)
             ann["iscrowd"] = 1
         anns.append(ann)
     return anns
@@ -1023,7 +888,7 @@ def synth_plate(
     per_well = int(n_fields) * int(n_timepoints)
     rows = []
     cvat_images = []
-    coco = _coco_skeleton()
+    coco = coco_skeleton()
     ann_id = 1
     for i in progress(range(int(n_images)), total=int(n_images), desc=f"synth {plate}"):
         well = well_name(i // per_well)
@@ -1085,7 +950,7 @@ def synth_plate(
             }
         )
     if annotate:
-        write_text(_cvat_xml(plate, cvat_images), out_dir / "cvat.xml")
+        write_text(cvat_task_xml(plate, cvat_images), out_dir / "cvat.xml")
         write_text(json.dumps(coco, separators=(",", ":")) + "\n", out_dir / "coco.json")
     log.info("synth_plate %s: %d images written to %s", plate, len(rows), out_dir)
     return pd.DataFrame(rows)

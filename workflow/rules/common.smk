@@ -6,9 +6,9 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from brightseg import config as bs_config
-from brightseg import cvat as bs_cvat
+from brightseg.annotations import cvat as bs_cvat
 from brightseg import evalsets as bs_evalsets
-from brightseg import maskfolder as bs_maskfolder
+from brightseg.annotations import maskfolder as bs_maskfolder
 from brightseg import sheet as bs_sheet
 from brightseg.errors import InputError
 from brightseg.illumination import radius_to_px
@@ -62,7 +62,7 @@ try:
     # Annotation exports on disk are parsed now too: a malformed XML (or, under
     # on_bad_input: error, a COCO annotation naming a missing image) stops the run here.
     # (The import job logs the skipped-shape counts; they are not repeated at every parse.)
-    _cvat_log = logging.getLogger("brightseg.cvat")
+    _cvat_log = logging.getLogger("brightseg.annotations.cvat")
     _cvat_level = _cvat_log.level
     _cvat_log.setLevel(logging.ERROR)
     _labels = CFG.annotations.labels

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..annotations.maskfolder import DEFAULT_PIXEL_SIZE_UM, read_mask
 from ..config import IlluminationConfig, InferenceConfig, OtsuConfig
 from ..ensemble import Ensemble
 from ..errors import InputError
@@ -35,7 +36,6 @@ from ..figures import (
 )
 from ..illumination import correct_illumination, radius_to_px
 from ..io import atomic_path, read_image, write_parquet, write_png, write_text
-from ..maskfolder import DEFAULT_PIXEL_SIZE_UM, read_mask
 from ..metrics import pixel_metrics
 from ..progress import progress
 from ..tiling import to_uint8

@@ -1,7 +1,7 @@
 """Rules of the evaluation stage: held-out metrics, ablation, LIVECell, statistics, figures.
 
 The metric, statistics and figure logic lives in :mod:`brightseg.metrics`,
-:mod:`brightseg.stats`, :mod:`brightseg.livecell` and :mod:`brightseg.figures`.
+:mod:`brightseg.stats`, :mod:`brightseg.annotations.livecell` and :mod:`brightseg.figures`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,13 @@ import numpy as np
 import pandas as pd
 
 from .. import figures as F
+from ..annotations.livecell import (
+    ap_per_cell_line,
+    ap_table,
+    group_table,
+    import_livecell,
+    summary_table,
+)
 from ..config import IlluminationConfig, StatsConfig
 from ..ensemble import Ensemble
 from ..errors import InputError
@@ -22,7 +29,6 @@ from ..figures import overlay_counts, overlay_panel, save_figure, table_to_latex
 from ..illumination import correct_illumination, radius_to_px
 from ..instances import split_with_config
 from ..io import read_image, write_parquet, write_text
-from ..livecell import ap_per_cell_line, ap_table, group_table, import_livecell, summary_table
 from ..metrics import ablation_table, evaluate_pairs
 from ..platestore import open_plate
 from ..selection import backbone_table, read_histories, stacked_histories

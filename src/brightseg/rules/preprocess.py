@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..annotations.cvat import import_cvat
+from ..annotations.maskfolder import import_mask_annotations
 from ..config import AnnotationsConfig, IlluminationConfig
-from ..cvat import import_cvat
 from ..errors import InputError
 from ..illumination import correct_illumination as _correct
 from ..illumination import radius_to_px
 from ..io import read_image, warn_low_bit_depth, write_text
 from ..limits import Limits
-from ..maskfolder import import_mask_annotations
 from ..platestore import write_plate
 from ..sheet import compile_regex, list_images, plate_images
 from . import SKIPPED_COLUMNS, write_skipped
@@ -39,7 +39,7 @@ def import_annotations(
     ``export`` is a CVAT export (XML, or CVAT's zip), a COCO JSON, or a folder of mask
     images matched to the plate's images by file stem (``<stem><mask_suffix>.<ext>``;
     binary 0/1 or 0/255, instance labels, RGB, JPEG binarised at ``mask_threshold``:
-    :func:`brightseg.maskfolder.import_mask_annotations`).  Both write the same files.
+    :func:`brightseg.annotations.maskfolder.import_mask_annotations`).  Both write the same files.
     """
     cfg = AnnotationsConfig.coerce(annotations)
     limits = limits if isinstance(limits, Limits) else Limits.from_config(limits)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..annotations.maskfolder import group_by_source, patch_set_training_pairs, resolve_patch_sets
 from ..augment import build_training_store, make_gallery, open_training_store
 from ..config import EnsembleConfig, ModelSpec, TrainingConfig
 from ..io import read_image, write_parquet, write_text
-from ..maskfolder import group_by_source, patch_set_training_pairs, resolve_patch_sets
 from ..platestore import open_plate
 from ..selection import read_histories, write_ensemble_tsv
 from ..selection import select_checkpoints as _select
@@ -59,7 +59,7 @@ def augment(
     ``training`` needs only the keys that change the store
     (:data:`brightseg.config.TrainingConfig.AUGMENT_KEYS`: the rule's params hold nothing
     else, so changing ``epochs`` does not rerun the augmentation).  ``patch_sets`` (resolved
-    by :func:`brightseg.maskfolder.resolve_patch_sets`) add pre-tiled image/mask patches
+    by :func:`brightseg.annotations.maskfolder.resolve_patch_sets`) add pre-tiled image/mask patches
     after the plates' images.  A patch the size of ``patch_size`` is one tile (a larger
     one is tiled, a smaller one padded); its manifest rows get the image it was cut from as
     ``source_image``, the column the split groups by, so all patches of one source image

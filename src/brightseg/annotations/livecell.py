@@ -34,9 +34,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .cvat import coco_string_runs
-from .errors import InputError
-from .io import (
+from ..errors import InputError
+from ..io import (
     IMAGE_SUFFIXES,
     load_json,
     read_image,
@@ -45,8 +44,9 @@ from .io import (
     write_text,
     write_tiff,
 )
-from .metrics import coco_ap, coco_from_dict, labels_to_coco, labels_to_detections
-from .progress import progress
+from ..metrics import coco_ap, coco_from_dict, labels_to_coco, labels_to_detections
+from ..progress import progress
+from .cvat import coco_string_runs
 
 log = logging.getLogger(__name__)
 

@@ -41,10 +41,10 @@ from xml.etree import ElementTree as ET
 
 import numpy as np
 
-from .errors import InputError
-from .io import image_header, load_json, write_parquet, write_png, write_tiff
-from .limits import Limits, check_pixels, get_limits
-from .progress import progress
+from ..errors import InputError, Problems
+from ..io import image_header, load_json, write_parquet, write_png, write_tiff
+from ..limits import Limits, check_pixels, get_limits
+from ..progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -528,22 +528,6 @@ def rasterize(
 # --------------------------------------------------------------------------- parsing
 
 
-class _Problems:
-    """Collects per-item problems: raised (``error``) or recorded (``skip``)."""
-
-    def __init__(self, on_bad_input: str):
-        if on_bad_input not in ("error", "skip"):
-            raise InputError("on_bad_input", f"must be 'error' or 'skip', got {on_bad_input!r}")
-        self.mode = on_bad_input
-        self.items: list[tuple[str, str]] = []
-
-    def report(self, err: InputError, item: str) -> None:
-        if self.mode == "error":
-            raise err
-        log.warning("skipped %s: %s", item, err)
-        self.items.append((item, str(err)))
-
-
 def _floats(text: str, what: str) -> list[float]:
     try:
         return [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
@@ -715,7 +699,7 @@ def _parse_coco(
     doc: dict,
     src: str,
     labels: set[str] | None,
-    problems: _Problems,
+    problems: Problems,
     subset: str = "",
     lim: Limits | None = None,
 ) -> tuple[dict[str, ImageAnnotations], Counter]:
@@ -861,7 +845,7 @@ def _parse_bytes(
     data: bytes,
     src: str,
     labels: set[str] | None,
-    problems: _Problems,
+    problems: Problems,
     subset: str = "",
     lim: Limits | None = None,
 ) -> tuple[dict[str, ImageAnnotations], Counter]:
@@ -940,7 +924,7 @@ def _read_members(path: Path, members: list[tuple[str, str]], lim: Limits):
 def _load(
     path: str | os.PathLike,
     labels: Iterable[str] | str | None,
-    problems: _Problems,
+    problems: Problems,
     limits: Limits | None = None,
 ) -> dict[str, ImageAnnotations]:
     lim = get_limits(limits)
@@ -1047,7 +1031,7 @@ def load_annotations(
         Missing/empty file, XML that is not well-formed (with line and column),
         invalid JSON, an unknown format, malformed attributes.
     """
-    return _load(path, labels, _Problems(on_bad_input), limits)
+    return _load(path, labels, Problems(on_bad_input), limits)
 
 
 # --------------------------------------------------------------------------- import
@@ -1164,7 +1148,7 @@ def import_cvat(
     out_dir = Path(out_dir)
     if isinstance(labels, str):
         labels = [labels]
-    problems = _Problems(on_bad_input)
+    problems = Problems(on_bad_input)
     anns = _load(export, labels, problems, limits)
     if not anns:
         raise InputError(export, "the export lists no images")

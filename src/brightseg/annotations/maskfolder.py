@@ -3,7 +3,7 @@
 Many labs have no CVAT export but a folder of images and a folder of masks
 with the same file names (optionally with a suffix such as ``_mask``), often
 already cut into 256x256 patches, often JPEG and RGB.  This module turns them
-into exactly what :func:`brightseg.cvat.import_cvat` writes
+into exactly what :func:`brightseg.annotations.cvat.import_cvat` writes
 (``<stem>_labels.tif``, ``<stem>_mask.png``, ``manifest.parquet``), so the rest
 of the workflow cannot tell the two sources apart, and feeds pre-tiled patch
 sets straight to the augmentation stage.
@@ -75,12 +75,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError, Problems
+from ..illumination import correct_illumination, radius_to_px
+from ..io import IMAGE_SUFFIXES, image_header, read_image, write_parquet, write_png, write_tiff
+from ..progress import progress
+from ..sheet import MODALITIES
 from .cvat import MANIFEST_COLUMNS as _CVAT_MANIFEST_COLUMNS
-from .errors import InputError, Problems
-from .illumination import correct_illumination, radius_to_px
-from .io import IMAGE_SUFFIXES, image_header, read_image, write_parquet, write_png, write_tiff
-from .progress import progress
-from .sheet import MODALITIES
 
 log = logging.getLogger(__name__)
 
@@ -784,7 +784,7 @@ def import_mask_pairs(
     For every pair writes ``<out_dir>/<stem>_labels.tif`` (uint16 instance labels,
     uint32 above 65535 cells, zlib) and ``<out_dir>/<stem>_mask.png`` (0/255), then
     ``<out_dir>/manifest.parquet`` last, with the columns of
-    :func:`brightseg.cvat.import_cvat`'s manifest (:data:`MANIFEST_COLUMNS`;
+    :func:`brightseg.annotations.cvat.import_cvat`'s manifest (:data:`MANIFEST_COLUMNS`;
     ``source_format`` is ``"mask_<kind>"``, e.g. ``mask_binary0255``, ``mask_lossy``,
     ``mask_labels``).
 
@@ -1064,7 +1064,7 @@ def grouped_patch_split(
         ``split``, ``modality``, ``groups`` (source images), ``patches``,
         ``samples``.
     """
-    from .split import grouped_split, split_summary
+    from ..split import grouped_split, split_summary
 
     strata = "modality" if "modality" in df.columns else None
     out = df.copy()
@@ -1101,7 +1101,7 @@ def resolve_patch_sets(
     specs : list of mapping
         Each ``{images, masks}`` with optional ``name`` (default ``patches<i>``),
         ``name_regex`` (named group ``source``; default
-        :data:`brightseg.maskfolder.DEFAULT_PATCH_REGEX`, ``<source>_<row>_<col>``),
+        :data:`brightseg.annotations.maskfolder.DEFAULT_PATCH_REGEX`, ``<source>_<row>_<col>``),
         ``modality`` (``brightfield``), ``plate`` (default the name), ``mask_suffix``,
         ``pixel_size_um`` (0.65) and ``correct_illumination`` (true: the plates' top-hat
         correction is applied to each raw patch; false: patches are scaled by their dtype).
@@ -1113,7 +1113,7 @@ def resolve_patch_sets(
     mask_threshold : float
         Threshold of lossy masks (``annotations.mask_threshold``).
     on_bad_input : {"error", "skip"}
-        What a bad patch does (see :func:`brightseg.maskfolder.load_patch_set`).
+        What a bad patch does (see :func:`brightseg.annotations.maskfolder.load_patch_set`).
     check : bool
         Check that the folders exist.
 
@@ -1195,7 +1195,7 @@ def patch_set_training_pairs(
     ----------
     patch_sets : list of mapping
         Output of :func:`resolve_patch_sets` (its ``mask_threshold`` and ``on_bad_input``
-        apply, see :func:`brightseg.maskfolder.load_patch_set`).
+        apply, see :func:`brightseg.annotations.maskfolder.load_patch_set`).
     groups : dict, optional
         Filled with ``image_id -> source`` for :func:`group_by_source`.
 
