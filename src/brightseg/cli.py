@@ -9,7 +9,16 @@ from pathlib import Path
 
 import click
 
+from .annotations.cvat import import_cvat
+from .bench.dag import bench_dag
+from .bench.ensemble import bench_ensemble
+from .bench.instances import bench_instances
+from .bench.tophat import bench_tophat
 from .errors import EXIT_BAD_INPUT, InputError
+from .illumination import correct_file
+from .instances import split_instances_file
+from .stats import stats_from_file
+from .synth import synth_eval_set, synth_livecell, synth_plate
 
 
 def _handle_errors(func):
@@ -94,7 +103,6 @@ def synth_plate_cmd(
     out_dir, plate, n_images, shape, seed, modality, pixel_size_um, cells, mean_radius_px
 ):
     """Write a synthetic plate: images/, labels/, cvat.xml and coco.json under OUT_DIR."""
-    from .synth import synth_plate
 
     df = synth_plate(
         out_dir,
@@ -117,7 +125,6 @@ def synth_plate_cmd(
 @_handle_errors
 def synth_livecell_cmd(out_dir, n_per_line, seed):
     """Write a LIVECell-format fixture (real schema, one truncated image)."""
-    from .synth import synth_livecell
 
     out = synth_livecell(out_dir, n_per_line=n_per_line, seed=seed)
     click.echo(f"LIVECell fixture -> {out['root']}")
@@ -131,7 +138,6 @@ def synth_livecell_cmd(out_dir, n_per_line, seed):
 @_handle_errors
 def synth_evalset_cmd(out_dir, n_images, shape, seed):
     """Write a held-out evaluation set: images/*.tif and masks/*.png."""
-    from .synth import synth_eval_set
 
     df = synth_eval_set(out_dir, n_images=n_images, shape=tuple(shape), seed=seed)
     click.echo(f"{len(df)} images -> {out_dir}")
@@ -150,7 +156,6 @@ def synth_evalset_cmd(out_dir, n_images, shape, seed):
 @_handle_errors
 def import_cvat_cmd(export, images_dir, out_dir, plate, labels, on_bad_input):
     """Import a CVAT export (XML 1.1 or COCO 1.0 JSON) as label TIFFs and mask PNGs."""
-    from .annotations.cvat import import_cvat
 
     manifest, skipped = import_cvat(
         export, images_dir, out_dir, plate=plate, labels=list(labels), on_bad_input=on_bad_input
@@ -169,7 +174,6 @@ def import_cvat_cmd(export, images_dir, out_dir, plate, labels, on_bad_input):
 @_handle_errors
 def tophat_cmd(in_path, out_path, radius, mode, method):
     """Top-hat illumination correction of one image (written as uint16 TIFF)."""
-    from .illumination import correct_file
 
     correct_file(in_path, out_path, radius, mode, method)
 
@@ -187,7 +191,6 @@ def split_instances_cmd(
     mask_path, out_path, pixel_size_um, prob_path, h_um, min_area_um2, remove_border
 ):
     """Split a binary mask into cells (distance transform + h-maxima + watershed)."""
-    from .instances import split_instances_file
 
     kwargs = {"h_um": h_um, "remove_border": remove_border}
     if min_area_um2 is not None:
@@ -209,7 +212,6 @@ def split_instances_cmd(
 @_handle_errors
 def stats_cmd(input_path, column, baseline, out_json, out_md, out_tex, threshold, nan_policy):
     """One-sample t-test against a baseline, Cohen's d and a Beta credible interval."""
-    from .stats import stats_from_file
 
     kwargs = {"out_md": out_md, "out_tex": out_tex, "nan_policy": nan_policy}
     if threshold is not None:
@@ -243,7 +245,6 @@ def bench() -> None:
 @click.option("--repeats", default=3, show_default=True)
 def bench_tophat_cmd(shape, radius, repeats):
     """Exact vs fast top-hat on the same image: time ratio and error."""
-    from .bench.tophat import bench_tophat
 
     r = bench_tophat(shape=tuple(shape), radius=radius, repeats=repeats)
     click.echo(f"image {shape[0]}x{shape[1]}, disk radius {radius} px")
@@ -263,7 +264,6 @@ def bench_tophat_cmd(shape, radius, repeats):
 @click.option("--repeats", default=3, show_default=True)
 def bench_instances_cmd(shape, n, repeats):
     """Fast watershed chain vs scikit-image's plain chain on the same masks."""
-    from .bench.instances import bench_instances
 
     r = bench_instances(shape=tuple(shape), n=n, repeats=repeats)
     for k, v in r.items():
@@ -280,7 +280,6 @@ def bench_instances_cmd(shape, n, repeats):
 @click.option("--batch-size", default=8, show_default=True)
 def bench_ensemble_cmd(n_images, shape, n_models, tile, overlap, batch_size):
     """Raw forward vs zarr-to-zarr predict vs the paper's per-image predict-and-stitch."""
-    from .bench.ensemble import bench_ensemble
 
     r = bench_ensemble(
         n_images=n_images,
@@ -326,7 +325,6 @@ def bench_train_cmd(size, batch, steps, architectures):
 @click.option("--workdir", default=None, type=click.Path(file_okay=False))
 def bench_dag_cmd(n_plates, workdir):
     """Time ``snakemake -n`` on a sheet of N small synthetic plates."""
-    from .bench.dag import bench_dag
 
     r = bench_dag(n_plates, workdir=Path(workdir) if workdir else None)
     click.echo(_kv_line(r))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 
+import pandas as pd
+
 log = logging.getLogger(__name__)
 
 #: Exit status of a command or rule stopped by bad input (the CLI and every rule).
@@ -65,6 +67,5 @@ class Problems:
 
     def frame(self):
         """The skipped items as a DataFrame with columns ``file`` and ``reason``."""
-        import pandas as pd
 
         return pd.DataFrame(self.items, columns=["file", "reason"])

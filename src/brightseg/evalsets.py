@@ -43,12 +43,23 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
+from scipy import ndimage as ndi
+from scipy import stats
+from skimage.filters import threshold_otsu
 
-from .annotations.maskfolder import DEFAULT_PIXEL_SIZE_UM, NAME_PATTERN, _check_name
+from .annotations.maskfolder import (
+    DEFAULT_PIXEL_SIZE_UM,
+    NAME_PATTERN,
+    _check_name,
+    match_files,
+    read_mask,
+)
 from .errors import InputError
 from .io import IMAGE_SUFFIXES, image_header, read_image, write_png
+from .metrics import pixel_metrics
 from .progress import progress
 
 log = logging.getLogger(__name__)
@@ -156,7 +167,6 @@ def load_eval_set(
         image; a baseline without a mask for an image (naming both); an
         unreadable file; a size mismatch.
     """
-    from .annotations.maskfolder import match_files, read_mask
 
     if not isinstance(spec, Mapping):
         raise InputError("evaluation_sets", f"each entry must be a mapping, got {spec!r}")
@@ -223,7 +233,6 @@ def _tophat(image: np.ndarray, radius_px: int, mode: str, method: str) -> np.nda
         tophat = None
     if tophat is not None:
         return tophat(image, radius_px, mode=mode, method=method)
-    import cv2
 
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius_px + 1, 2 * radius_px + 1))
     op = cv2.MORPH_TOPHAT if mode == "white" else cv2.MORPH_BLACKHAT
@@ -267,8 +276,6 @@ def otsu_baseline(
     ndarray of uint8
         0/1 mask; all zero for a constant image.
     """
-    from scipy import ndimage as ndi
-    from skimage.filters import threshold_otsu
 
     image = np.asarray(image)
     if image.ndim != 2 or image.size == 0:
@@ -393,7 +400,6 @@ def per_image_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         :func:`brightseg.metrics.pixel_metrics` (:data:`METRICS`) in that
         order.
     """
-    from .metrics import pixel_metrics
 
     names = _metric_names()
     records: list[dict[str, Any]] = []
@@ -515,7 +521,6 @@ def table2_layout(
 
 def _paired_stats(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
     """Paired t-test, Wilcoxon and d_z of ``a - b`` with NaN and a note where undefined."""
-    from scipy import stats
 
     diff = a - b
     n = int(diff.size)
@@ -647,7 +652,6 @@ def paired_comparison_table(
 
 def _as_mask(value: Any, threshold: float, what: str) -> np.ndarray:
     """A prediction given as a path (read with read_mask) or an array (floats: > 0.5)."""
-    from .annotations.maskfolder import read_mask
 
     if isinstance(value, str | os.PathLike):
         mask, _, _ = read_mask(value, threshold=threshold, expect="auto")
@@ -717,7 +721,6 @@ def compare_methods(
         prediction whose shape differs from the truth, a method given both
         as a prediction and as a baseline column.
     """
-    from .annotations.maskfolder import read_mask
 
     for col in ("image_id", "mask"):
         if col not in eval_df.columns:
@@ -882,7 +885,6 @@ def comparison_tables(
         baseline, one block of rows per metric of ``paired_metrics``; empty without
         baselines).
     """
-    from .evalsets import paired_comparison_table, summary_table, table2_layout
 
     summary = summary_table(long_df)
     table2 = table2_layout(summary, ours=ours)

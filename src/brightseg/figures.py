@@ -19,8 +19,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+from .io import atomic_path, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +68,6 @@ def _styled(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        import matplotlib
 
         with matplotlib.rc_context(STYLE):
             return func(*args, **kwargs)
@@ -71,7 +76,6 @@ def _styled(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _figure(width: float, height: float):
-    from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
 
@@ -94,7 +98,6 @@ def _no_data(title: str, message: str):
 
 
 def _colours(n: int) -> list:
-    import matplotlib
 
     cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(n)]
@@ -120,9 +123,6 @@ def save_figure(fig, data, out_stem: str | os.PathLike) -> list[Path]:
     list of Path
         The three files written.
     """
-    import matplotlib
-
-    from .io import atomic_path, write_parquet
 
     stem = Path(out_stem)
     paths = [Path(f"{stem}.parquet"), Path(f"{stem}.svg"), Path(f"{stem}.png")]
@@ -180,7 +180,6 @@ def training_curves(
         ax_m.plot(h[x], h[metric], color=colour, label=label, lw=1.2)
         ax_l.plot(h[x], h["loss"], color=colour, lw=1.2, label=f"{label} (train)")
         ax_l.plot(h[x], h["val_loss"], color=colour, lw=1.2, ls="--", label=f"{label} (val)")
-    from matplotlib.ticker import MaxNLocator
 
     for ax in (ax_m, ax_l):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -324,7 +323,6 @@ def overlay_rgb(
 
 def overlay_counts(pred_mask: np.ndarray, true_mask: np.ndarray):
     """Pixel counts per overlay class (the data of :func:`overlay_panel`)."""
-    import pandas as pd
 
     p = np.asarray(pred_mask) != 0
     t = np.asarray(true_mask) != 0
@@ -342,7 +340,6 @@ def overlay_panel(
     image: np.ndarray, pred_mask: np.ndarray, true_mask: np.ndarray, *, title: str | None = None
 ):
     """Image and TP/FN/FP overlay side by side (paper Fig. 5)."""
-    from matplotlib.patches import Patch
 
     rgb = overlay_rgb(image, pred_mask, true_mask)
     h, w = rgb.shape[:2]
@@ -484,7 +481,6 @@ def metric_distributions(
     methods' order (default sorted).  Non-finite values (e.g. HD95 of an empty
     prediction) are left out.
     """
-    import matplotlib
 
     metrics = [m for m in metrics if m in wide.columns]
     methods = list(order) if order is not None else sorted(wide["method"].astype(str).unique())
@@ -522,8 +518,6 @@ def method_overlays(
     scores: Mapping[str, float] | None = None,
 ):
     """The image and one TP/FN/FP overlay per method (:func:`brightseg.figures.overlay_rgb`)."""
-    import matplotlib
-    from matplotlib.patches import Patch
 
     with matplotlib.rc_context(STYLE):
         n = 1 + len(preds)
@@ -548,9 +542,6 @@ def method_overlays(
 
 
 def save_png(fig, path: Path) -> None:
-    import matplotlib
-
-    from .io import atomic_path
 
     with matplotlib.rc_context(STYLE), atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", metadata=PNG_METADATA)

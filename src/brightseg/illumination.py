@@ -93,9 +93,11 @@ from __future__ import annotations
 import logging
 import os
 
+import cv2
 import numpy as np
 
 from .errors import InputError
+from .io import read_image, write_tiff
 from .limits import Limits, get_limits
 
 log = logging.getLogger(__name__)
@@ -109,7 +111,6 @@ _CV_MORPH_DTYPES = (np.uint8, np.uint16, np.int16, np.float32)
 
 
 def _cv2():
-    import cv2
 
     return cv2
 
@@ -412,7 +413,6 @@ def correct_file(
     Bad input files raise :class:`InputError` naming ``in_path``.  The output is
     written atomically.
     """
-    from .io import read_image, write_tiff
 
     image = read_image(in_path)
     try:

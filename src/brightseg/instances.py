@@ -62,10 +62,17 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from pathlib import Path
 
 import cv2
 import numpy as np
+import roifile
+from scipy import ndimage as ndi
+from scipy.optimize import linear_sum_assignment
+from skimage.measure import label
+from skimage.morphology import h_maxima
+from skimage.segmentation import watershed
 
 from .config import InstancesConfig
 from .errors import InputError
@@ -190,7 +197,6 @@ def _landscape(dist: np.ndarray, prob: np.ndarray | None) -> np.ndarray:
 
 def _fast_split(fg: np.ndarray, prob: np.ndarray | None, h_px: float, min_px: float) -> np.ndarray:
     """Per-component EDT h-maxima + watershed (see module docstring); int32 labels."""
-    from skimage.segmentation import watershed
 
     dist = cv2.distanceTransform(fg, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     land = _landscape(dist, prob)
@@ -226,10 +232,6 @@ def _fast_split(fg: np.ndarray, prob: np.ndarray | None, h_px: float, min_px: fl
 
 def _plain_split(fg: np.ndarray, prob: np.ndarray | None, h_px: float) -> np.ndarray:
     """The reference scikit-image chain on the whole image; int32 labels."""
-    from scipy import ndimage as ndi
-    from skimage.measure import label
-    from skimage.morphology import h_maxima
-    from skimage.segmentation import watershed
 
     dist = ndi.distance_transform_edt(fg)
     land = dist if prob is None else dist * prob
@@ -497,7 +499,6 @@ def write_cellpose_masks(labels: np.ndarray, path: str | os.PathLike) -> None:
 
 def _outer_contours(labels: np.ndarray) -> list[tuple[int, np.ndarray]]:
     """(label, (N, 2) x/y outer contour) of each instance, in label order."""
-    from scipy import ndimage as ndi
 
     out = []
     for idx, sl in enumerate(ndi.find_objects(labels)):
@@ -527,9 +528,6 @@ def write_imagej_rois(labels: np.ndarray, path_zip: str | os.PathLike) -> int:
     int
         Number of ROIs written.
     """
-    import zipfile
-
-    import roifile
 
     labels = _check_2d(labels, "labels")
     if labels.dtype.kind not in "biu" or (labels.size and labels.min() < 0):
@@ -625,7 +623,6 @@ def _compact(flat: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def _max_matching(pi: np.ndarray, ti: np.ndarray, ious: np.ndarray) -> int:
-    from scipy.optimize import linear_sum_assignment
 
     if len(pi) == 0:
         return 0

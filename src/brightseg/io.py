@@ -16,10 +16,13 @@ import re
 import shutil
 import socket
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tifffile
+from PIL import Image
 
 from .errors import InputError
 from .limits import Limits, check_pixels, get_limits
@@ -197,7 +200,6 @@ def write_text(text: str, path: str | os.PathLike) -> None:
 
 def write_tiff(array: np.ndarray, path: str | os.PathLike, **kwargs) -> None:
     """Write a TIFF atomically with tifffile (deterministic: no datetime tag)."""
-    import tifffile
 
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, array, metadata=None, **kwargs)
@@ -205,7 +207,6 @@ def write_tiff(array: np.ndarray, path: str | os.PathLike, **kwargs) -> None:
 
 def write_png(array: np.ndarray, path: str | os.PathLike) -> None:
     """Write an 8/16-bit greyscale or RGB PNG atomically."""
-    from PIL import Image
 
     with atomic_path(path) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
@@ -255,9 +256,6 @@ class ImageHeader:
 @contextlib.contextmanager
 def _pillow_limit(lim: Limits):
     """Let Pillow open up to our pixel limit (we check it ourselves, from the header)."""
-    import warnings
-
-    from PIL import Image
 
     old = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = int(lim.max_image_pixels)

@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+from scipy import special, stats
 
 from .errors import InputError
+from .io import write_text
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,6 @@ def t_log10_sf(t: float, df: float) -> float:
     ``sf(t) = I_x(df/2, 1/2) / 2`` with ``x = df / (df + t**2)`` and
     ``I_x(a, b) = x**a (1-x)**b / (a B(a, b)) * 2F1(a+b, 1; a+1; x)``.
     """
-    from scipy import special, stats
 
     t = float(t)
     if math.isnan(t):
@@ -110,7 +112,6 @@ def one_sample_report(
         (JSON ``null``): all values equal (to rounding), so the standard deviation is 0
         and the statistics are not defined.
     """
-    from scipy import stats
 
     x = np.asarray(values, dtype=np.float64).ravel()
     if x.size < 2:
@@ -191,7 +192,6 @@ def paired_comparison(
         NaN when every difference is 0) and ``cohens_dz`` = mean(diff) /
         std(diff).
     """
-    from scipy import stats
 
     a = np.asarray(a, dtype=np.float64).ravel()
     b = np.asarray(b, dtype=np.float64).ravel()
@@ -228,7 +228,6 @@ def paired_comparison(
 # file front end
 # --------------------------------------------------------------------------
 def _read_table(path: Path):
-    import pandas as pd
 
     if not path.is_file():
         raise InputError(path, "file does not exist")
@@ -260,7 +259,6 @@ def read_scores(
         are not numbers, NaN (with ``nan_policy="error"``), infinite values,
         fewer than 2 values.
     """
-    import pandas as pd
 
     if nan_policy not in ("error", "drop"):
         raise ValueError(f"nan_policy must be 'error' or 'drop', not {nan_policy!r}")
@@ -440,7 +438,6 @@ def stats_from_file(
         The report with ``input``, ``column``, ``nan_policy`` and ``n_dropped``
         added (as written to ``out_json``).
     """
-    from .io import write_text
 
     for name, value in (("baseline", baseline), ("threshold", threshold), ("alpha", alpha)):
         if value is not None and not math.isfinite(float(value)):

@@ -40,6 +40,8 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 import numpy as np
+import pandas as pd
+from pycocotools import mask as mask_utils
 
 from ..errors import InputError, Problems
 from ..io import image_header, load_json, write_parquet, write_png, write_tiff
@@ -315,7 +317,6 @@ def coco_string_runs(counts: str | bytes) -> list[int]:
 
 def _decode_cropped(rle: dict) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode a pycocotools RLE, cropped to its bounding box, with its (row, col) offset."""
-    from pycocotools import mask as mask_utils
 
     x, y, bw, bh = (int(v) for v in mask_utils.toBbox(rle))
     if bw == 0 or bh == 0:
@@ -398,7 +399,6 @@ def sanitize_polygon(rings: Sequence[Sequence[float]], h: int, w: int) -> list[l
 
 def _polygon_rle(rings: list[list[float]], h: int, w: int) -> dict | None:
     """pycocotools RLE of polygon rings (merged) at image size ``(h, w)``; None if empty."""
-    from pycocotools import mask as mask_utils
 
     rings = sanitize_polygon(rings, h, w)
     if not rings:
@@ -1141,7 +1141,6 @@ def import_cvat(
     All images are located and checked (file present, size equal to the
     export's, every shape decodable) before anything is written.
     """
-    import pandas as pd
 
     export = Path(export)
     images_dir = Path(images_dir)

@@ -74,12 +74,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage as ndi
 
 from ..errors import InputError, Problems
 from ..illumination import correct_illumination, radius_to_px
 from ..io import IMAGE_SUFFIXES, image_header, read_image, write_parquet, write_png, write_tiff
 from ..progress import progress
 from ..sheet import MODALITIES
+from ..split import grouped_split, split_summary
 from .cvat import MANIFEST_COLUMNS as _CVAT_MANIFEST_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -244,7 +246,6 @@ def mask_to_labels(mask: np.ndarray) -> np.ndarray:
         ``uint16`` labels 1..n (``uint32`` above 65535 components), 0 = background,
         numbered in raster order (``scipy.ndimage.label`` with a 3x3 structure of ones).
     """
-    from scipy import ndimage as ndi
 
     labels, n = ndi.label(np.asarray(mask) != 0, structure=np.ones((3, 3), dtype=bool))
     return labels.astype(_label_dtype(int(n)), copy=False)
@@ -1064,7 +1065,6 @@ def grouped_patch_split(
         ``split``, ``modality``, ``groups`` (source images), ``patches``,
         ``samples``.
     """
-    from ..split import grouped_split, split_summary
 
     strata = "modality" if "modality" in df.columns else None
     out = df.copy()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import zarr
 
 from ..ensemble import make_predictor, predict_plate
 from ..tiling import tile_grid, to_uint8
@@ -53,7 +54,6 @@ class _BenchStore:
     """Minimal zarr plate store (used only when ``brightseg.platestore`` is unavailable)."""
 
     def __init__(self, root: Path, images: list[np.ndarray]):
-        import zarr
 
         self.root = zarr.open_group(str(root), mode="w")
         ids = [f"img{i:04d}" for i in range(len(images))]

@@ -10,14 +10,16 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
+import zarr
 
+from ..losses import get_loss
+from ..models import build_model
 from ..train import PatchData, _dtype_policy, _Sampler, make_dataset
 
 log = logging.getLogger(__name__)
 
 
 def _synthetic_store(path: Path, n: int, size: int, seed: int = 0) -> tuple[Path, Path]:
-    import zarr
 
     rng = np.random.default_rng(seed)
     store = path / "patches.zarr"
@@ -66,8 +68,6 @@ def bench_train(
         pipeline_over_model`` (the last should be >= 2 for the pipeline never
         to starve the model).
     """
-    from ..losses import get_loss
-    from ..models import build_model
 
     with tempfile.TemporaryDirectory() as tmp:
         store, manifest = _synthetic_store(Path(tmp), max(4 * batch, 8), size)
