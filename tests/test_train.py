@@ -169,14 +169,20 @@ def test_train_model_end_to_end(tmp_path, caplog):
     (out / "checkpoints").mkdir(parents=True)
     (out / "checkpoints" / "epoch_09.keras").write_text("stale")
     kwargs = dict(
-        architecture="small_unet",
-        loss="bce_dice",
-        epochs=2,
-        batch_size=2,
-        steps_per_epoch=2,
-        hard_mining=True,
-        model_kwargs={"base_filters": 4},
-        lr=1e-3,
+        spec={
+            "architecture": "small_unet",
+            "loss": "bce_dice",
+            "hard_mining": True,
+            "model_kwargs": {"base_filters": 4},
+        },
+        training=dict(
+            epochs=2,
+            batch_size=2,
+            steps_per_epoch=2,
+            learning_rate=1e-3,
+            precision="float32",
+            encoder_weights="none",
+        ),
     )
     with caplog.at_level(logging.INFO, logger="brightseg"):
         card = train_model(store, manifest, out, **kwargs)
@@ -224,15 +230,21 @@ def test_early_stopping_stops(tmp_path):
         store,
         manifest,
         out,
-        architecture="small_unet",
-        loss="focal_dice_boundary",
-        epochs=6,
-        batch_size=2,
-        steps_per_epoch=1,
-        patience=1,
+        spec={
+            "architecture": "small_unet",
+            "loss": "focal_dice_boundary",
+            "model_kwargs": {"base_filters": 4},
+        },
+        training=dict(
+            epochs=6,
+            batch_size=2,
+            steps_per_epoch=1,
+            patience=1,
+            precision="float32",
+            encoder_weights="none",
+        ),
         min_delta=1.0,
         input_size=16,
-        model_kwargs={"base_filters": 4},
         run_eagerly=True,
     )
     assert card["epochs_run"] == 2
@@ -246,14 +258,20 @@ def test_early_stopping_stops(tmp_path):
 def test_train_model_bad_config(tmp_path):
     store, manifest, _, _ = make_store(tmp_path)
     with pytest.raises(InputError, match="unknown architecture"):
-        train_model(store, manifest, tmp_path / "o", architecture="nope", loss="bce_dice")
+        train_model(
+            store,
+            manifest,
+            tmp_path / "o",
+            spec={"architecture": "nope", "loss": "bce_dice"},
+            training={},
+        )
     with pytest.raises(InputError, match="exceeds the patch size"):
         train_model(
             store,
             manifest,
             tmp_path / "o",
-            architecture="small_unet",
-            loss="bce_dice",
+            spec={"architecture": "small_unet", "loss": "bce_dice"},
+            training={"precision": "float32", "encoder_weights": "none"},
             input_size=64,
         )
     assert not (tmp_path / "o" / "card.json").exists()

@@ -44,6 +44,7 @@ import os
 import re
 import threading
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import keras
@@ -53,6 +54,7 @@ import tensorflow as tf
 import zarr
 
 from . import __version__
+from .config import ModelSpec, TrainingConfig
 from .errors import InputError
 from .io import atomic_path, write_text
 from .losses import LOSSES, get_loss
@@ -599,28 +601,15 @@ def train_model(
     manifest,
     out_dir,
     *,
-    architecture: str,
-    loss: str,
-    epochs: int = 45,
-    batch_size: int = 16,
-    lr: float = 1e-4,
-    decay_steps: int = 9000,
-    decay_rate: float = 0.9,
-    patience: int = 5,
-    min_delta: float = 0.0,
-    hard_mining: bool = False,
+    spec: ModelSpec | Mapping,
+    training: TrainingConfig | Mapping,
     seed: int = 0,
-    deterministic: bool = True,
-    precision: str = "float32",
-    encoder_weights="none",
-    steps_per_epoch: int | None = None,
-    val_steps: int | None = None,
+    checkpoint_dir=None,
     input_size: int | None = None,
-    model_kwargs: dict | None = None,
+    min_delta: float = 0.0,
     mining_kwargs: dict | None = None,
     in_memory="auto",
     run_eagerly: bool = False,
-    checkpoint_dir=None,
 ) -> dict:
     """Train one architecture with one loss and write checkpoints, history and card.
 
@@ -631,28 +620,25 @@ def train_model(
     out_dir : path
         Output directory (e.g. ``results/models/{model}/{loss}``) of ``history.csv``,
         ``card.json`` and ``tensorboard/``.  Previous outputs are removed.
-    architecture, loss : str
-        Keys of :data:`brightseg.models.ARCHITECTURES` and
-        :data:`brightseg.losses.LOSSES`.
-    epochs, batch_size, lr, decay_steps, decay_rate, patience, min_delta
-        Adam with staircase exponential decay; early stopping after
-        ``patience`` epochs without a ``val_loss`` decrease larger than
-        ``min_delta`` (``patience=0`` disables it).
-    hard_mining : bool
-        Loss-driven resampling each epoch (see :func:`mining_weights`;
-        ``mining_kwargs`` are passed to it).
-    seed, deterministic : int, bool
-        ``keras.utils.set_random_seed(seed)``; ``deterministic`` also calls
+    spec : ModelSpec or mapping
+        The run (a ``models`` entry): ``architecture`` and ``loss`` (keys of
+        :data:`brightseg.models.ARCHITECTURES` and :data:`brightseg.losses.LOSSES`),
+        ``hard_mining`` (loss-driven resampling each epoch, see :func:`mining_weights`;
+        ``mining_kwargs`` are passed to it), ``encoder_weights`` (``none``, ``imagenet`` or
+        a path; default the training block's; resolved before any data is read, so
+        missing ImageNet weights fail first) and ``model_kwargs`` (builder arguments).
+    training : TrainingConfig or mapping
+        The ``training`` block (defaults from the config schema).  Adam with staircase
+        exponential decay (``learning_rate``, ``decay_steps``, ``decay_rate``); early
+        stopping after ``patience`` epochs without a ``val_loss`` decrease larger than
+        ``min_delta``; ``deterministic`` also calls
         ``tf.config.experimental.enable_op_determinism()`` (process-wide and
-        irreversible; it also disables XLA).
-    precision : str
-        Dtype policy for :func:`brightseg.models.set_precision` (restored
-        afterwards).
-    encoder_weights : {"none", "imagenet"} or path
-        Resolved before any data is read: missing ImageNet weights fail first.
-    steps_per_epoch, val_steps : int, optional
-        Default: every training patch once per epoch (``ceil(n_train /
-        batch)`` steps) and the whole validation split.
+        irreversible; it also disables XLA); ``precision`` is the dtype policy for
+        :func:`brightseg.models.set_precision` (restored afterwards);
+        ``steps_per_epoch``/``val_steps`` null: every training patch once per epoch
+        (``ceil(n_train / batch)`` steps) and the whole validation split.
+    seed : int
+        ``keras.utils.set_random_seed(seed)``.
     input_size : int, optional
         Model input size; default the patch size.  Smaller values train on
         seeded random crops (validation: centre crops).
@@ -671,6 +657,15 @@ def train_model(
     dict
         The contents of ``card.json``.
     """
+    spec = ModelSpec.coerce(spec)
+    cfg = TrainingConfig.coerce(training)
+    architecture, loss, hard_mining = spec.architecture, spec.loss, spec.hard_mining
+    encoder_weights = spec.encoder_weights or cfg.encoder_weights
+    model_kwargs = dict(spec.model_kwargs)
+    epochs, batch_size, lr = cfg.epochs, cfg.batch_size, cfg.learning_rate
+    decay_steps, decay_rate, patience = cfg.decay_steps, cfg.decay_rate, cfg.patience
+    deterministic, precision = cfg.deterministic, cfg.precision
+    steps_per_epoch, val_steps = cfg.steps_per_epoch, cfg.val_steps
 
     out_dir = Path(out_dir)
     if architecture not in ARCHITECTURES:

@@ -152,26 +152,7 @@ def train(
         set_keras_home(keras_home)
     out_dir = Path(history).parent
     train_model(
-        store,
-        manifest,
-        out_dir,
-        architecture=spec.architecture,
-        loss=spec.loss,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.learning_rate,
-        decay_steps=cfg.decay_steps,
-        decay_rate=cfg.decay_rate,
-        patience=cfg.patience,
-        hard_mining=spec.hard_mining,
-        seed=seed,
-        deterministic=cfg.deterministic,
-        precision=cfg.precision,
-        encoder_weights=spec.encoder_weights or cfg.encoder_weights,
-        steps_per_epoch=cfg.steps_per_epoch,
-        val_steps=cfg.val_steps,
-        model_kwargs=dict(spec.model_kwargs),
-        checkpoint_dir=checkpoints,
+        store, manifest, out_dir, spec=spec, training=cfg, seed=seed, checkpoint_dir=checkpoints
     )
     for p in (history, card):
         if not Path(p).is_file():
