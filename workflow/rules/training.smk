@@ -16,6 +16,10 @@ rule augment:
         "benchmarks/augment.tsv"
     conda:
         "../../envs/augment.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=2 * 60,
     params:
         training=augment_training_params(),
         seed=config.get("seed", 0),
