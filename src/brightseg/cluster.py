@@ -313,3 +313,47 @@ def assess(facts: Facts, profile: Profile | None) -> Report:
 def check(profile_name: str = "slurm", run: Runner = run_command) -> Report:
     """The preflight on this machine's cluster with profile ``profile_name``."""
     return assess(gather(run), load_profile(profile_name))
+
+
+def workflow_rules(workdir: Path | str = ".") -> dict[str, dict]:
+    """Each rule's threads and constant resources as the workflow declares them.
+
+    Read by Snakemake itself from ``workdir/workflow/Snakefile`` (the rules are the one
+    place for threads, gpu, mem_mb and runtime), e.g. ``{"train": {"threads": 2, "gpu": 1,
+    "mem_mb": 16000, "runtime": 1440}, ...}``. Callable resources are left out.
+    """
+    import os
+
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import OutputSettings, ResourceSettings
+
+    workdir = Path(workdir).resolve()
+    cwd = os.getcwd()
+    try:
+        with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+            wf = api.workflow(
+                resource_settings=ResourceSettings(),
+                snakefile=workdir / "workflow" / "Snakefile",
+                workdir=workdir,
+            )
+            out = {}
+            for rule in wf._workflow.rules:
+                res = {"threads": 1}
+                for name, r in rule.resources.items():
+                    try:
+                        value = r.value
+                    except ValueError:  # a function of wildcards/input: not constant
+                        continue
+                    if name == "_cores" and isinstance(value, int):
+                        res["threads"] = value
+                    elif not name.startswith("_") and isinstance(value, int | float | str):
+                        res[name] = value
+                out[rule.name] = res
+            return out
+    finally:
+        os.chdir(cwd)
+
+
+def gpu_rules(workdir: Path | str = ".") -> set[str]:
+    """The rules that request a GPU (resource ``gpu`` > 0)."""
+    return {n for n, r in workflow_rules(workdir).items() if r.get("gpu", 0)}
