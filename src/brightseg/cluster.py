@@ -108,8 +108,10 @@ def _first_line(text: str) -> str:
     return lines[0].strip() if lines else ""
 
 
-def gather(run: Runner = run_command, which: Callable[[str], str | None] = shutil.which) -> Facts:
+def gather(run: Runner | None = None, which: Callable[[str], str | None] | None = None) -> Facts:
     """Ask the cluster (the same commands the plugin runs)."""
+    run = run or run_command
+    which = which or shutil.which
     rc, out, err = run(["scontrol", "show", "config"])
     facts = Facts(scontrol_ok=rc == 0, scontrol_error="" if rc == 0 else _first_line(err or out))
     if rc == 0:
@@ -310,7 +312,7 @@ def assess(facts: Facts, profile: Profile | None) -> Report:
     return Report(lines, problems, command, mja, accounting)
 
 
-def check(profile_name: str = "slurm", run: Runner = run_command) -> Report:
+def check(profile_name: str = "slurm", run: Runner | None = None) -> Report:
     """The preflight on this machine's cluster with profile ``profile_name``."""
     return assess(gather(run), load_profile(profile_name))
 
