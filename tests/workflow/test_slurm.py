@@ -23,7 +23,7 @@ import pytest
 from brightseg.cluster import gpu_rules, workflow_rules
 
 from .compare_runs import differing_files
-from .conftest import BIN, REPO, copy_workflow, run_snakemake, snakemake_env
+from .conftest import BIN, REPO, copy_workflow, run_logged, run_snakemake, snakemake_env
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slurm, pytest.mark.slow]
 
@@ -147,7 +147,10 @@ def job_info(job_id: str) -> dict[str, str]:
         capture_output=True,
         text=True,
     ).stdout
-    return dict(re.findall(r"(\w+)=(\S*)", out))
+    info: dict[str, str] = {}
+    for key, value in re.findall(r"(\w+)=(\S*)", out):
+        info.setdefault(key, value)  # the first: Command= may hold key=value words too
+    return info
 
 
 def rule_of(comment: str, rules: set[str]) -> str | None:
@@ -287,3 +290,20 @@ def test_rerun_after_status_query_stall(slurm_cluster, demo_run, tmp_path):
     assert "rule synth_plate:" in out, out[-3000:]
     assert "steps (100%) done" in out, out[-3000:]
     assert differing_files(demo_run / "results/demo/demo1", work / "results/demo/demo1") == []
+
+
+def test_timeout_kills_the_process_group_and_keeps_the_output(tmp_path):
+    """What run_snakemake does on a timeout: SIGKILL to the whole group (a stalled Snakemake
+    ignores SIGTERM, and so does this child), output kept for the failure message."""
+    work = tmp_path / "w"
+    work.mkdir()
+    script = "echo started; trap '' TERM; sh -c \"trap '' TERM; sleep 300\" & echo child $!; wait"
+    t0 = time.monotonic()
+    proc, out_path, _, timed_out = run_logged(["sh", "-c", script], work, dict(os.environ), 2)
+    assert timed_out and time.monotonic() - t0 < 30
+    assert proc.returncode == -signal.SIGKILL
+    assert proc.stdout.startswith("started") and out_path.read_text() == proc.stdout
+    child = int(re.search(r"child (\d+)", proc.stdout).group(1))
+    time.sleep(0.5)
+    stat = Path(f"/proc/{child}/stat")
+    assert not stat.exists() or " Z " in stat.read_text()  # killed with its group
