@@ -224,9 +224,11 @@ exec {real} "$@"
 
 
 def test_rerun_after_status_query_stall(slurm_cluster, demo_run, tmp_path):
-    """A status-query outage stalls a run for good; the README's recovery gives the same
-    outputs. One small job (the first synthetic plate)."""
-    target = "results/demo/demo1/cvat.xml"
+    """A status-query outage stalls a run for good; the README's recovery (kill, cancel what
+    is left, unlock, rerun) gives the outputs of an uninterrupted run: a job that finished
+    unseen is kept, a cancelled one is redone. Two small jobs (two synthetic plates)."""
+    plates = ("demo1", "demo2")
+    targets = [f"results/demo/{p}/cvat.xml" for p in plates]
     work = copy_workflow(tmp_path / "work")
     home = tmp_path / "home"
     install_profile(work, home)
@@ -243,7 +245,7 @@ def test_rerun_after_status_query_stall(slurm_cluster, demo_run, tmp_path):
 
     with open(log, "w") as fh:
         proc = subprocess.Popen(
-            [str(BIN / "snakemake"), "--profile", "slurm", "--verbose", target],
+            [str(BIN / "snakemake"), "--profile", "slurm", "--verbose", *targets],
             cwd=work,
             env=env,
             stdout=fh,
@@ -262,19 +264,31 @@ def test_rerun_after_status_query_stall(slurm_cluster, demo_run, tmp_path):
                 pytest.fail(f"no {what} within {timeout} s:\n{log.read_text()[-4000:]}")
             time.sleep(0.5)
 
+    def job_ids():
+        return re.findall(r"submitted with SLURM jobid (\d+)", log.read_text())
+
     try:
+        wait_for("two submissions", lambda: len(job_ids()) == 2, 300)
         wait_for("failed status round", lambda: "(final attempt)" in log.read_text(), 300)
-        flag.unlink()  # the outage is over: squeue answers again
-        job_id = re.search(r"submitted with SLURM jobid (\d+)", log.read_text()).group(1)
+        by_plate = {
+            job_info(j)["Comment"].removeprefix("rule_synth_plate_wildcards_"): j for j in job_ids()
+        }
+        assert set(by_plate) == set(plates), by_plate
+        # The user cancels a job that is still queued or running ...
+        subprocess.run(["timeout", "10", "scancel", by_plate["demo2"]], check=True)
+        flag.unlink()  # ... and the outage is over: squeue answers again.
+        states = lambda: {p: job_info(j).get("JobState") for p, j in by_plate.items()}  # noqa: E731
         wait_for(
-            "job end in Slurm",
-            lambda: job_info(job_id).get("JobState") == "COMPLETED",
+            "both jobs ended in Slurm",
+            lambda: set(states().values()) <= {"COMPLETED", "CANCELLED"},
             600,
         )
+        ended = states()
+        assert ended["demo1"] == "COMPLETED", ended
         n_before = log.read_text().count("No active jobs; skipping status query.")
         time.sleep(10)  # several status rounds with a working squeue
         stalled = log.read_text()
-        assert proc.poll() is None, stalled[-4000:]  # still waiting for a job it dropped
+        assert proc.poll() is None, stalled[-4000:]  # still waiting for jobs it dropped
         assert stalled.count("No active jobs; skipping status query.") > n_before
         assert "steps (100%) done" not in stalled
     finally:
@@ -284,12 +298,19 @@ def test_rerun_after_status_query_stall(slurm_cluster, demo_run, tmp_path):
     # Recovery as in the README: unlock, run again.
     run_snakemake(work, "--unlock")
     again = run_snakemake(
-        work, "--profile", "slurm", target, env=user_env(home), slurm=True, timeout=900
+        work, "--profile", "slurm", *targets, env=user_env(home), slurm=True, timeout=900
     )
     out = again.stdout + again.stderr
-    assert "rule synth_plate:" in out, out[-3000:]
-    assert "steps (100%) done" in out, out[-3000:]
-    assert differing_files(demo_run / "results/demo/demo1", work / "results/demo/demo1") == []
+    # demo1 finished unseen: its job step recorded it, so it is kept; demo2 (cancelled, or
+    # finished if the cancel came too late) is redone by rerun-incomplete.
+    redone = re.findall(r"wildcards: plate=(\w+)", out)
+    want = ["demo2"] if ended["demo2"] == "CANCELLED" else []
+    assert redone == want, out[-3000:]
+    for plate in plates:
+        assert (
+            differing_files(demo_run / f"results/demo/{plate}", work / f"results/demo/{plate}")
+            == []
+        )
 
 
 def test_timeout_kills_the_process_group_and_keeps_the_output(tmp_path):
