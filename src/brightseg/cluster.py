@@ -80,11 +80,14 @@ def plugin_status_command(
         why = "set in the profile"
     threshold = 3 * init_seconds
     if configured == "squeue" and have_sacct and (min_job_age is None or min_job_age < threshold):
-        age = "unknown" if min_job_age is None else f"{min_job_age} s"
-        return "sacct", (
-            f"the plugin falls back from squeue to sacct: MinJobAge {age} < 3 x "
-            f"slurm-init-seconds-before-status-checks = {threshold} s"
-        )
+        if min_job_age is None:
+            reason = "MinJobAge unknown (scontrol show config failed)"
+        else:
+            reason = (
+                f"MinJobAge {min_job_age} s < 3 x slurm-init-seconds-before-status-checks "
+                f"= {threshold} s"
+            )
+        return "sacct", f"the plugin falls back from squeue to sacct: {reason}"
     if configured == "sacct" and not have_sacct:
         return "squeue", "sacct is not installed"
     return configured, why
@@ -113,7 +116,10 @@ def gather(run: Runner | None = None, which: Callable[[str], str | None] | None 
     run = run or run_command
     which = which or shutil.which
     rc, out, err = run(["scontrol", "show", "config"])
-    facts = Facts(scontrol_ok=rc == 0, scontrol_error="" if rc == 0 else _first_line(err or out))
+    facts = Facts(
+        scontrol_ok=rc == 0,
+        scontrol_error="" if rc == 0 else _first_line(err or out) or f"exit status {rc}",
+    )
     if rc == 0:
         facts.config = parse_config(out)
     facts.have_sacct = which("sacct") is not None
