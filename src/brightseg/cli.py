@@ -330,5 +330,27 @@ def bench_dag_cmd(n_plates, workdir):
     click.echo(_kv_line(r))
 
 
+@main.command("cluster-check")
+@click.option(
+    "--profile",
+    "profile",
+    default="slurm",
+    show_default=True,
+    help="Profile name or path, found as `snakemake --profile` finds it.",
+)
+def cluster_check_cmd(profile):
+    """Before any Slurm job: will Snakemake see its jobs finish with this profile?
+
+    Reports whether `scontrol show config` works, MinJobAge, whether `sacct` works
+    (accounting), the status command the Slurm plugin will therefore use, the partitions;
+    exits 1 with a recommendation when the run would stall.
+    """
+    from .cluster import check
+
+    report = check(profile)
+    click.echo(report.text())
+    sys.exit(0 if report.ok else 1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

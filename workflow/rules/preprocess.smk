@@ -35,6 +35,7 @@ rule correct_illumination:
         "benchmarks/correct_illumination/{plate}.tsv"
     conda:
         "../../envs/imaging.yaml"
+    threads: 2
     params:
         images=plate_param("images"),
         regex=lambda wildcards: CFG["filename_regex"],

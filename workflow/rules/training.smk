@@ -16,6 +16,10 @@ rule augment:
         "benchmarks/augment.tsv"
     conda:
         "../../envs/augment.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=2 * 60,
     params:
         training=CFG.training.subset(CFG.training.AUGMENT_KEYS),
         patch_sets=PATCH_SETS,
