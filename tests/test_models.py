@@ -77,7 +77,7 @@ def test_preprocess_matches_keras(mode, module):
 @pytest.mark.parametrize("name", PAPER_MODELS)
 def test_paper_models_train_one_step(name):
     size = 32
-    model = build_model(name, (size, size, 3), "none")
+    model = build_model(name, (size, size, 3), "none", freeze_encoder=True)
     x, y = _batch(size)
     loss, t0, t1, f0, f1 = _one_step(model, x, y)
     assert np.isfinite(loss)
@@ -95,7 +95,7 @@ def test_paper_models_train_one_step(name):
 def test_backbone_models_train_one_step(name):
     # InceptionV3's valid convolutions need >= 75 px; 96 also exercises the odd-size resizes.
     size = 96 if "inception" in name else 32
-    model = build_model(name, (size, size, 3), "none")
+    model = build_model(name, (size, size, 3), "none", freeze_encoder=True)
     x, y = _batch(size)
     loss, t0, t1, f0, f1 = _one_step(model, x, y)
     assert np.isfinite(loss)
@@ -105,7 +105,7 @@ def test_backbone_models_train_one_step(name):
 
 
 def test_encoder_frozen_and_excluded_from_trainable():
-    model = build_model("vgg16_attention_unet", (32, 32, 3), "none")
+    model = build_model("vgg16_attention_unet", (32, 32, 3), "none", freeze_encoder=True)
     enc = model.get_layer("encoder")
     assert not enc.trainable
     enc_ids = {id(w) for w in enc.weights}
@@ -125,7 +125,9 @@ def test_encoder_frozen_and_excluded_from_trainable():
     ],
 )
 def test_paper_params_near_paper(name, kwargs):
-    total, trainable = count_params(build_model(name, (32, 32, 3), "none", **kwargs))
+    total, trainable = count_params(
+        build_model(name, (32, 32, 3), "none", freeze_encoder=True, **kwargs)
+    )
     paper_total, paper_trainable = PAPER_PARAMS[name]
     assert abs(total - paper_total) / paper_total < 0.03
     assert abs(trainable - paper_trainable) / paper_trainable < 0.03
@@ -133,7 +135,7 @@ def test_paper_params_near_paper(name, kwargs):
 
 def test_mixed_bfloat16_output_float32():
     assert set_precision("mixed_bfloat16") == "mixed_bfloat16"
-    model = build_model("vgg16_attention_unet", (32, 32, 3), "none")
+    model = build_model("vgg16_attention_unet", (32, 32, 3), "none", freeze_encoder=True)
     assert model.get_layer("mask").dtype_policy.compute_dtype == "float32"
     assert model.get_layer("dec1_c1_conv").compute_dtype == "bfloat16"
     x, _ = _batch(32, n=2)
@@ -144,7 +146,9 @@ def test_mixed_bfloat16_output_float32():
 
 def test_keras_round_trip_identical_predictions(tmp_path):
     # None spatial dims -> ResizeLike layers; instance norm -> GroupNormalization.
-    model = build_model("vgg16_attention_ia_unet", (None, None, 3), "none", norm="instance")
+    model = build_model(
+        "vgg16_attention_ia_unet", (None, None, 3), "none", norm="instance", freeze_encoder=True
+    )
     assert any(type(lyr).__name__ == "ResizeLike" for lyr in model.layers)
     path = tmp_path / "m.keras"
     model.save(path)
@@ -158,11 +162,11 @@ def test_keras_round_trip_identical_predictions(tmp_path):
 
 
 def test_encoder_weights_from_path(tmp_path):
-    first = build_model("vgg16_attention_unet", (32, 32, 3), "none")
+    first = build_model("vgg16_attention_unet", (32, 32, 3), "none", freeze_encoder=True)
     path = tmp_path / "encoder.weights.h5"
     first.get_layer("encoder").save_weights(path)
     again = build_model("vgg16_attention_unet", (32, 32, 3), path)
-    fresh = build_model("vgg16_attention_unet", (32, 32, 3), "none")
+    fresh = build_model("vgg16_attention_unet", (32, 32, 3), "none", freeze_encoder=True)
     w0 = first.get_layer("encoder").get_weights()
     w1 = again.get_layer("encoder").get_weights()
     w2 = fresh.get_layer("encoder").get_weights()
@@ -247,3 +251,15 @@ def test_param_table():
     assert (rel < 0.03).all()
     small = df.set_index("name").loc["small_unet", "total"]
     assert 0.5e6 <= small <= 2e6
+
+
+def test_a_randomly_initialised_encoder_is_trained_not_frozen():
+    """Without pretrained weights a frozen encoder would feed noise features to the decoder:
+    it trains (issue 12); with weights, or on request, it stays frozen (the paper's setup)."""
+    frozen = build_model("vgg16_attention_unet", (32, 32, 3), "none", freeze_encoder=True)
+    free = build_model("vgg16_attention_unet", (32, 32, 3), "none")
+    assert not frozen.get_layer("encoder").trainable
+    assert free.get_layer("encoder").trainable
+    total_f, trainable_f = count_params(frozen)
+    total, trainable = count_params(free)
+    assert total == total_f and trainable > trainable_f + 14_000_000  # + VGG16's 14.7 M

@@ -94,6 +94,8 @@ def build_model(
     name: str,
     input_shape=(256, 256, 3),
     encoder_weights: str | os.PathLike = "none",
+    *,
+    freeze_encoder: bool | None = None,
     **kwargs,
 ) -> keras.Model:
     """Build an architecture of :data:`ARCHITECTURES`.
@@ -106,6 +108,11 @@ def build_model(
         ``(H, W, 3)``, H and W divisible by 32 (or None).
     encoder_weights : {"none", "imagenet"} or path
         See :mod:`brightseg.models.backbones`.
+    freeze_encoder : bool, optional
+        Freeze the pretrained encoder (the paper's setup).  Default: frozen when weights
+        are loaded, trained when the encoder is randomly initialised
+        (``encoder_weights="none"``, e.g. offline on a CPU): a frozen random encoder
+        would only pass noise features to the decoder.
     **kwargs
         Passed to the builder (e.g. ``norm="instance"``, ``base_filters=8``,
         ``allow_download=False``).
@@ -114,7 +121,17 @@ def build_model(
         raise InputError(
             None, f"unknown architecture {name!r}; expected one of {list(ARCHITECTURES)}"
         )
-    return ARCHITECTURES[name](input_shape=input_shape, encoder_weights=encoder_weights, **kwargs)
+    model = ARCHITECTURES[name](input_shape=input_shape, encoder_weights=encoder_weights, **kwargs)
+    freeze = (
+        freeze_encoder
+        if freeze_encoder is not None
+        else os.fspath(encoder_weights or "none") != "none"
+    )
+    encoder = next((layer for layer in model.layers if layer.name == "encoder"), None)
+    if encoder is not None and not freeze:
+        encoder.trainable = True
+        log.info("%s: no pretrained encoder weights, so the encoder is trained too", name)
+    return model
 
 
 def check_encoder_weights(
@@ -158,7 +175,7 @@ def param_table(names=None, input_size: int = 256):
 
     rows = []
     for name in names or ARCHITECTURES:
-        model = build_model(name, (input_size, input_size, 3), "none")
+        model = build_model(name, (input_size, input_size, 3), "none", freeze_encoder=True)
         total, trainable = count_params(model)
         paper = PAPER_PARAMS.get(name, (float("nan"), float("nan")))
         rows.append(
