@@ -169,7 +169,7 @@ def test_label_image_given_as_binary_warns(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="brightseg.annotations.maskfolder"):
         mask, labels, info = read_mask(path, expect="binary")
     assert labels is None and info["used_as"] == "binary"
-    assert "expected a binary mask" in caplog.text and str(path) in caplog.text
+    assert "mask_mode binary but" in caplog.text and str(path) in caplog.text
     assert np.array_equal(mask, (instances() > 0).astype(np.uint8))
 
 
@@ -544,3 +544,62 @@ def test_grouped_patch_split(tmp_path):
     assert summ["patches"].sum() == sum(counts.values())
     again, _ = grouped_patch_split(df, val_fraction=0.34, seed=3)
     assert again["split"].tolist() == out["split"].tolist()
+
+
+def _antialiased_rgb(seed=0) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB mask saved after a JPEG round trip: 0/255 cells with blurred edges, the
+    maximum a little below 255 and slightly different channels, and a speckle halo of
+    values 1-31 around every cell (issue 12's lab masks)."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    truth = instances() > 0
+    soft = ndi.gaussian_filter(truth.astype(np.float32) * 250.0, 0.8)
+    halo = ndi.binary_dilation(truth, iterations=4) & ~truth
+    speckle = halo & (rng.random(truth.shape) < 0.6) & (soft < 1.0)
+    soft[speckle] = rng.integers(1, 32, int(speckle.sum()))
+    grey = np.clip(soft, 0, 252).astype(np.uint8)
+    rgb = np.dstack([grey, np.clip(grey.astype(int) - 2, 0, 255), grey]).astype(np.uint8)
+    return rgb, truth
+
+
+def test_antialiased_rgb_mask_with_a_halo_is_read_as_binary(tmp_path, caplog):
+    rgb, truth = _antialiased_rgb()
+    path = save_png(rgb, tmp_path / "aa.png")
+    assert len(np.unique(rgb.max(axis=-1))) > 20  # many grey levels: not a label image
+    mask, labels, info = read_mask(path)
+    assert labels is None and info["kind"] == "lossy" and info.get("smeared")
+    assert info["threshold"] == 127
+    # the > 127 mask: the halo and the dark half of the edge ramp are background
+    assert (mask.astype(bool) ^ truth).sum() <= 0.02 * truth.sum()
+    assert mask.sum() < 1.1 * truth.sum()
+    # mask_mode binary reads it > threshold too; mask_mode labels keeps every value
+    binary, _, binfo = read_mask(path, expect="binary")
+    assert np.array_equal(binary, mask) and binfo["threshold"] == 127
+    _, lab, linfo = read_mask(path, expect="labels")
+    assert linfo["used_as"] == "labels" and lab is not None
+
+
+def test_binary_mode_thresholds_every_reading(tmp_path):
+    a = np.zeros((40, 40), np.uint8)
+    a[5:20, 5:20] = 200
+    a[25:35, 25:35] = 60  # dim: below the threshold
+    path = save_png(a, tmp_path / "two.png")
+    mask, _, info = read_mask(path, expect="binary", threshold=127)
+    assert info["threshold"] == 127 and mask.sum() == 15 * 15
+    one = np.zeros((40, 40), np.uint8)
+    one[5:20, 5:20] = 1
+    one[25:35, 25:35] = 2  # a 0/1/2 mask: nothing above the threshold, read > 0
+    mask2, _, info2 = read_mask(save_png(one, tmp_path / "low.png"), expect="binary")
+    assert info2["threshold"] == 0 and mask2.sum() == 15 * 15 + 10 * 10
+
+
+def test_uint8_label_image_is_not_read_as_smeared(tmp_path):
+    """150 labels in a uint8 PNG: its maximum is above the threshold but its top values
+    hold a small share of the foreground, so it stays a label image."""
+    lab = np.zeros((150, 150), np.uint8)
+    for k in range(150):
+        r, c = divmod(k, 15)
+        lab[r * 10 + 1 : r * 10 + 9, c * 10 + 1 : c * 10 + 9] = k + 1
+    _, labels, info = read_mask(save_png(lab, tmp_path / "lab.png"))
+    assert info["kind"] == "labels" and labels.max() == 150

@@ -557,3 +557,17 @@ def test_otsu_baseline_for_set_and_per_image_table(tmp_path):
         for s, p in zip("ab", df["mask"], strict=True)
     )
     assert len(long_df) == 2 * 9
+
+
+def test_mask_mode_reaches_patch_sets_and_evaluation_sets(tmp_path):
+    (tmp_path / "i").mkdir()
+    (tmp_path / "m").mkdir()
+    spec = {"images": str(tmp_path / "i"), "masks": str(tmp_path / "m")}
+    assert resolve_patch_sets([spec])[0]["mask_mode"] == "auto"
+    assert resolve_patch_sets([spec], mask_mode="binary")[0]["mask_mode"] == "binary"
+    assert (
+        resolve_patch_sets([dict(spec, mask_mode="labels")], mask_mode="binary")[0]["mask_mode"]
+        == "labels"
+    )
+    sets = resolve_evaluation_sets([dict(spec, name="e", mask_mode="binary")])
+    assert sets["e"]["mask_mode"] == "binary"

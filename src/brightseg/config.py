@@ -260,6 +260,7 @@ class AnnotationsConfig(Block):
     labels: tuple[str, ...] | None
     mask_threshold: float
     mask_suffix: str
+    mask_mode: str
 
 
 @dataclass(frozen=True)

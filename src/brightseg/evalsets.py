@@ -207,7 +207,8 @@ def load_eval_set(
         for row in progress(rows, desc=f"check {name}"):
             shape = _image_shape(Path(row["image"]))
             for key in [k for k in row if k == "mask" or k.startswith(BASELINE_PREFIX)]:
-                mask, _, _ = read_mask(row[key], threshold=threshold, expect="auto")
+                mode = spec.get("mask_mode", "auto") if key == "mask" else "auto"
+                mask, _, _ = read_mask(row[key], threshold=threshold, expect=mode)
                 if mask.shape != shape:
                     raise InputError(
                         row[key],
@@ -848,6 +849,7 @@ def resolve_evaluation_sets(
             "images": _norm(spec.get("images") or (f"{synth_dir}/images" if synth else "")),
             "masks": _norm(spec.get("masks") or (f"{synth_dir}/masks" if synth else "")),
             "mask_suffix": str(spec.get("mask_suffix") or ""),
+            "mask_mode": str(spec.get("mask_mode") or "auto"),
             "pixel_size_um": float(spec.get("pixel_size_um") or DEFAULT_PIXEL_SIZE_UM),
             "baselines": {str(k): _norm(v) for k, v in baselines.items()},
         }

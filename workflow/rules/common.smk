@@ -206,6 +206,7 @@ try:
         CFG.training.patch_sets,
         illumination=CFG.illumination.as_dict(),
         mask_threshold=CFG.annotations.mask_threshold,
+        mask_mode=CFG.annotations.mask_mode,
         on_bad_input=ON_BAD_INPUT,
     )
     EVALSETS = bs_evalsets.resolve_evaluation_sets(

@@ -251,12 +251,22 @@ def mask_to_labels(mask: np.ndarray) -> np.ndarray:
     return labels.astype(_label_dtype(int(n)), copy=False)
 
 
-def _smeared(a: np.ndarray, values: np.ndarray) -> bool:
-    """An 8-bit 0/255 mask with a few in-between values (anti-aliasing, lossy re-encoding)."""
-    if a.dtype != np.uint8 or values[-1] != 255 or values.size < 3:
+def _smeared(a: np.ndarray, values: np.ndarray, threshold: float) -> bool:
+    """A binary 8-bit mask with in-between values: anti-aliased edges, a lossy round trip.
+
+    Most of its foreground is bright (``> threshold``), and the bright pixels sit near
+    the maximum (within 16 grey levels: JPEG moves 255 down a little); the rest are edge
+    ramps and speckle (a halo of 1-31 after a JPEG round trip).  An instance label image
+    has one value per cell, spread evenly: its bright pixels are spread over every value
+    above the threshold, not piled up at the top, and a label image with at most
+    ``threshold`` labels has no bright pixel at all.
+    """
+    if a.dtype != np.uint8 or values.size < 3 or float(values[-1]) <= threshold:
         return False
     fg = np.count_nonzero(a)
-    return fg > 0 and np.count_nonzero(a == 255) >= 0.5 * fg
+    bright = np.count_nonzero(a > threshold)
+    near_max = np.count_nonzero(a >= max(int(values[-1]) - 16, int(threshold) + 1))
+    return fg > 0 and bright >= 0.4 * fg and near_max >= 0.5 * bright
 
 
 def _class_coded(mask: np.ndarray, n_values: int, path: Path) -> bool:
@@ -297,9 +307,14 @@ def read_mask(
         Foreground is ``value > threshold`` for lossy (JPEG) or smeared 8-bit
         masks and for float masks with values above 1.  In [0, 255).
     expect : {"auto", "binary", "labels"}
-        ``"auto"`` and ``"labels"`` keep instance labels found in the file;
-        ``"binary"`` binarises them (``> 0``) with a logged warning.  A lossy
-        file cannot hold labels (warning with ``"labels"``).
+        The mask mode (``mask_mode`` of a plate's annotations, a patch set or an
+        evaluation set).  ``"auto"`` recognises anti-aliased binary masks (most foreground
+        near the maximum, the rest a minority of in-between values: read
+        ``> threshold``) and keeps instance labels found in the file; ``"labels"``
+        always reads several values as labels; ``"binary"`` reads the mask
+        ``> threshold`` (``> 0`` when its maximum is not above the threshold, as in a
+        0/1 mask) with a logged warning when it holds several values.  A lossy file
+        cannot hold labels (warning with ``"labels"``).
 
     Returns
     -------
@@ -360,7 +375,7 @@ def read_mask(
     values = _distinct(a)
     info["n_values"] = int(values.size)
     nz = values[values != 0]
-    if not lossy and _smeared(a, values):
+    if not lossy and expect != "labels" and _smeared(a, values, threshold):
         info["smeared"] = lossy = True
     colour, classes = None, False
     if not lossy and reduction == "maximum over channels" and expect != "binary":
@@ -402,11 +417,17 @@ def read_mask(
         if classes or _class_coded(mask, int(nz.size), path):
             info["kind"] = "classes"
         elif expect == "binary":
+            # mask_mode binary: the threshold applies to every binary reading (a 0/1 or
+            # low-valued mask is read > 0)
+            cut = threshold if float(nz[-1]) > threshold else 0.0
+            mask = (a > cut).astype(np.uint8)
+            info.update(kind="binary", threshold=cut)
             log.warning(
-                "%s: expected a binary mask but found %d distinct values (an instance label "
-                "image?); binarised > 0",
+                "%s: mask_mode binary but %d distinct values (an instance label image?); "
+                "binarised > %g",
                 path,
                 values.size,
+                cut,
             )
         else:
             info["used_as"] = "labels"
@@ -705,6 +726,7 @@ def import_mask_annotations(
     threshold: float = 127,
     mask_suffix: str = "",
     on_bad_input: str = "error",
+    mask_mode: str = "auto",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Import a plate's annotations given as a folder of masks.
 
@@ -727,6 +749,8 @@ def import_mask_annotations(
         The sheet's ``images`` entry, named in messages.
     threshold, mask_suffix, on_bad_input
         As :func:`import_mask_folder`.
+    mask_mode : {"auto", "binary", "labels"}
+        How each mask is read (``expect`` of :func:`read_mask`).
 
     Returns
     -------
@@ -765,7 +789,13 @@ def import_mask_annotations(
         len(image_files) - len(pairs),
     )
     manifest = import_mask_pairs(
-        pairs, out_dir, problems, plate=plate, threshold=threshold, expect="auto", where=masks_dir
+        pairs,
+        out_dir,
+        problems,
+        plate=plate,
+        threshold=threshold,
+        expect=mask_mode,
+        where=masks_dir,
     )
     return manifest, problems.frame()
 
@@ -835,7 +865,12 @@ def import_mask_pairs(
             continue
         formats[info["kind"]] = formats.get(info["kind"], 0) + 1
         jobs.append((stem, image, mask_path, img.shape[:2]))
-    log.info("mask kinds: %s", ", ".join(f"{k}: {n}" for k, n in sorted(formats.items())))
+    log.info(
+        "%s: mask_mode %s, masks read as %s",
+        where,
+        expect,
+        ", ".join(f"{k}: {n}" for k, n in sorted(formats.items())),
+    )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     # Pass 2: labels + binary mask of each image (both files or neither).
@@ -988,8 +1023,11 @@ def patch_set_pairs(
     plate: str = "",
     modality: str = "brightfield",
     correct: Callable[[np.ndarray], np.ndarray] | None = None,
+    mask_mode: str = "auto",
 ) -> Iterator[dict[str, Any]]:
     """Yield the patches of :func:`load_patch_set` for the augmentation stage.
+
+    ``mask_mode`` is how each mask is read (``expect`` of :func:`read_mask`).
 
     Parameters
     ----------
@@ -1019,9 +1057,18 @@ def patch_set_pairs(
     missing = [c for c in ("image_id", "image", "mask", "source") if c not in df.columns]
     if missing:
         raise InputError(None, f"patch table lacks columns {missing} (has {list(df.columns)})")
-    for row in df.to_dict("records"):
+    kinds: dict[str, int] = {}
+    for i, row in enumerate(df.to_dict("records")):
         image = read_image(row["image"], grey=True)
-        mask, _, _ = read_mask(row["mask"], threshold=threshold, expect="auto")
+        mask, _, info = read_mask(row["mask"], threshold=threshold, expect=mask_mode)
+        kinds[info["kind"]] = kinds.get(info["kind"], 0) + 1
+        if i + 1 == len(df):  # the decision per set, with counts (before the last yield)
+            log.info(
+                "patch set %s: mask_mode %s, masks read as %s",
+                plate,
+                mask_mode,
+                ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items())),
+            )
         if mask.shape != image.shape:
             raise InputError(
                 row["mask"], f"mask shape {mask.shape} differs from image shape {image.shape}"
@@ -1093,6 +1140,7 @@ def resolve_patch_sets(
     mask_threshold: float = 127,
     on_bad_input: str = "error",
     check: bool = True,
+    mask_mode: str = "auto",
 ) -> list[dict[str, Any]]:
     """Check ``training.patch_sets`` and fill in the defaults.
 
@@ -1153,6 +1201,7 @@ def resolve_patch_sets(
                 else None
             ),
             "mask_threshold": float(spec.get("mask_threshold", mask_threshold)),
+            "mask_mode": str(spec.get("mask_mode") or mask_mode),
             "on_bad_input": str(spec.get("on_bad_input", on_bad_input)),
         }
         if resolved["illumination"] is not None:
@@ -1230,6 +1279,7 @@ def patch_set_training_pairs(
             plate=spec["plate"],
             modality=spec["modality"],
             correct=correct,
+            mask_mode=spec.get("mask_mode", "auto"),
         ):
             if groups is not None:
                 groups[pair["image_id"]] = pair["source"]

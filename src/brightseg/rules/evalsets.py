@@ -144,7 +144,9 @@ def evalset_compare(
                     method=illum.method,
                     percentiles=illum.percentiles,
                 )
-                truth = read_mask(row["mask"], threshold=threshold, expect="auto")[0]
+                truth = read_mask(
+                    row["mask"], threshold=threshold, expect=spec.get("mask_mode", "auto")
+                )[0]
                 probs, prob, mask = ens.predict(image)
                 write_png(
                     np.where(mask > 0, np.uint8(255), np.uint8(0)),

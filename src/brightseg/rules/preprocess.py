@@ -56,6 +56,7 @@ def import_annotations(
             threshold=cfg.mask_threshold,
             mask_suffix=cfg.mask_suffix,
             on_bad_input=on_bad_input,
+            mask_mode=cfg.mask_mode,
         )
     else:
         labels = list(cfg.labels) if cfg.labels is not None else None
