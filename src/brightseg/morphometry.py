@@ -11,10 +11,12 @@ perimeter
     ``regionprops.perimeter`` gives 0.91 and the 8-connected one 0.63).
 circularity
     ``4 pi A / P**2``: 1 for a disk, ``pi a b / P_ellipse**2 * 4 pi`` for an
-    ellipse; can exceed 1 slightly for objects of a few pixels.
+    ellipse.  No shape exceeds 1 (the isoperimetric inequality); the raster estimate
+    can, by a few percent for objects of a few pixels, so it is capped at 1.
 convexity
     Perimeter of the convex hull (the polygon through the outermost pixel
-    centres) over ``P``: 1 for convex cells, lower for ruffled or lobed ones.
+    centres) over ``P``: 1 for convex cells, lower for ruffled or lobed ones (capped at
+    1, like circularity).
 solidity
     ``A`` over the convex area, counted as the pixel centres inside or on the
     hull (Pick's theorem: polygon area + boundary lattice points / 2 + 1), so a
@@ -296,8 +298,8 @@ def measure_cells(
     s = slice(1, None)
     px = float(pixel_size_um)
     with np.errstate(divide="ignore", invalid="ignore"):
-        circ = 4 * math.pi * area[s] / perim[s] ** 2
-        convexity = hull_perim[s] / perim[s]
+        circ = np.minimum(4 * math.pi * area[s] / perim[s] ** 2, 1.0)
+        convexity = np.minimum(hull_perim[s] / perim[s], 1.0)
         aspect = major[s] / minor[s]
     cols: dict[str, Any] = {k: [v] * n for k, v in metav.items()}
     cols.update(

@@ -67,6 +67,10 @@ def test_tables_and_ensemble(demo_run):
         images = pd.read_parquet(res / f"tables/{plate}/images.parquet")
         assert len(images) == len(open_plate(res / f"plates/{plate}.ome.zarr").images)
         assert (images["n_cells"] > 0).all()
+        # bounded measurements stay in their bounds; image intensities are filled
+        for col in ("circularity", "convexity", "solidity"):
+            assert cells.column(col).to_pandas().between(0, 1).all(), (plate, col)
+        assert images["mean_intensity"].between(0, 1).all(), plate
     agg = pd.read_parquet(res / "tables/images.parquet")
     assert set(agg["plate"]) == {"demo1", "demo2", "demo3"}
     ev = pd.read_parquet(res / "tables/evaluation.parquet")

@@ -158,7 +158,9 @@ def measure_cells(
             cells = _measure(labels, image, pixel_size_um=ps.pixel_size_um, meta=meta)
             writer.write(cells)
             summaries.append(
-                summarise_image(cells, labels, pixel_size_um=ps.pixel_size_um, meta=meta)
+                summarise_image(
+                    cells, labels, pixel_size_um=ps.pixel_size_um, meta=meta, intensity=image
+                )
             )
             if i < cfg.n_overlays:
                 write_png(contour_overlay(image, labels), tmp_overlays / f"{image_id}.png")
