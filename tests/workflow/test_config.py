@@ -41,3 +41,17 @@ def test_bad_key_stops_before_any_job(tmp_path, edit, message):
     assert "config/config.yaml" in out  # the file at fault is named
     assert "Traceback" not in out
     assert not (work / "results").exists()  # stopped before any job
+
+
+def test_a_configfile_stands_alone(tmp_path):
+    """--configfile is not merged over the demo config: keys it leaves out take the
+    schema's defaults, not the demo's values."""
+    work = copy_workflow(tmp_path / "work")
+    cfg = yaml.safe_load((work / "config/config.yaml").read_text())
+    mine = {k: cfg[k] for k in ("plates", "filename_regex", "illumination", "demo")}
+    (work / "config/my.yaml").write_text(yaml.safe_dump(mine))
+    proc = run_snakemake(work, "-n", "--cores", "2", "--configfile", "config/my.yaml")
+    out = proc.stdout + proc.stderr
+    # no models in my.yaml: only the plates' correction and the imports are planned
+    assert "rule train" not in out and "rule correct_illumination" in out
+    assert "Config file(s): ['config/my.yaml']" in out or "config/my.yaml" in out
