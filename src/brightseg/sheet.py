@@ -141,8 +141,8 @@ def read_sheet(path: str | os.PathLike, limits: Limits | None = None) -> pd.Data
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise InputError(path, f"missing column(s) {missing}; found {list(df.columns)}")
-    if df.empty:
-        raise InputError(path, "the plate sheet has no plates")
+    if df.empty:  # no plates yet (e.g. training on patch sets only): allowed
+        return empty_sheet()
     df = df.apply(lambda col: col.str.strip())
     bad_ids = [p for p in df["plate"] if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", p)]
     if bad_ids:
@@ -163,6 +163,14 @@ def read_sheet(path: str | os.PathLike, limits: Limits | None = None) -> pd.Data
     trainers = df.loc[df["use_for_training"] & (df["annotations"] == ""), "plate"].tolist()
     if trainers:
         raise InputError(path, f"plate(s) {trainers} have use_for_training but no annotations")
+    return df.set_index("plate", drop=False)
+
+
+def empty_sheet() -> pd.DataFrame:
+    """A plate sheet without plates (no ``plates:`` in the config, or a header-only sheet)."""
+    df = pd.DataFrame({c: pd.Series(dtype=str) for c in REQUIRED_COLUMNS})
+    df["pixel_size_um"] = df["pixel_size_um"].astype(float)
+    df["use_for_training"] = df["use_for_training"].astype(bool)
     return df.set_index("plate", drop=False)
 
 

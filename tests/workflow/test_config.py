@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from .conftest import copy_workflow, run_snakemake
+from .test_new_plate import job_counts
 
 pytestmark = [pytest.mark.workflow]
 
@@ -55,3 +56,41 @@ def test_a_configfile_stands_alone(tmp_path):
     # no models in my.yaml: only the plates' correction and the imports are planned
     assert "rule train" not in out and "rule correct_illumination" in out
     assert "Config file(s): ['config/my.yaml']" in out or "config/my.yaml" in out
+
+
+def test_no_plates_yet_trains_on_patch_sets_and_evaluates_the_sets(tmp_path):
+    """Only training.patch_sets and evaluation_sets, no plate sheet: allowed, and the
+    default target plans no plate-level aggregates, statistics or figures on nothing."""
+    import numpy as np
+    from PIL import Image
+
+    work = copy_workflow(tmp_path / "work")
+    rng = np.random.default_rng(0)
+    for sub in ("ps/images", "ps/masks", "ev/images", "ev/masks"):
+        (work / "data" / sub).mkdir(parents=True)
+    for i in range(4):
+        img = rng.integers(0, 255, (64, 64), dtype=np.uint8)
+        mask = np.zeros((64, 64), np.uint8)
+        mask[10:30, 10:30] = 255
+        Image.fromarray(img).save(work / f"data/ps/images/src{i}_0_0.png")
+        Image.fromarray(mask).save(work / f"data/ps/masks/src{i}_0_0.png")
+        Image.fromarray(img).save(work / f"data/ev/images/e{i}.png")
+        Image.fromarray(mask).save(work / f"data/ev/masks/e{i}.png")
+    cfg = yaml.safe_load((work / "config/config.yaml").read_text())
+    mine = {
+        "illumination": cfg["illumination"],
+        "training": dict(
+            cfg["training"],
+            patch_size=64,
+            stride=64,
+            patch_sets=[{"name": "lab", "images": "data/ps/images", "masks": "data/ps/masks"}],
+        ),
+        "models": cfg["models"][:1],
+        "evaluation_sets": [{"name": "ev", "images": "data/ev/images", "masks": "data/ev/masks"}],
+    }
+    (work / "config/mine.yaml").write_text(yaml.safe_dump(mine))
+    proc = run_snakemake(work, "-n", "--cores", "2", "--configfile", "config/mine.yaml")
+    counts = job_counts(proc.stdout + proc.stderr)
+    assert {"augment", "train", "select_checkpoints", "evalset_compare"} <= set(counts), counts
+    for rule in ("correct_illumination", "aggregate_tables", "figures", "stats_report", "evaluate"):
+        assert rule not in counts, counts

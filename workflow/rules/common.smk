@@ -32,7 +32,9 @@ SHEET = CFG["plates"]
 
 try:
     LIMITS = Limits.from_config(CFG["limits"])
-    PLATES = bs_sheet.read_sheet(SHEET, limits=LIMITS)
+    PLATES = (
+        bs_sheet.read_sheet(SHEET, limits=LIMITS) if SHEET else bs_sheet.empty_sheet()
+    )
     if CFG["plate_discovery"]:
         _disc = CFG["plate_discovery"]
         PLATES = pd.concat(
@@ -180,18 +182,30 @@ def figure_inputs(wildcards):
 
 
 def all_targets():
+    """What a plain `snakemake` makes. Plate-level tables, the held-out evaluation, the
+    statistics and the figures need plates (annotated ones for the evaluation): without
+    plates yet (training on patch sets only), only the models and the evaluation sets.
+    """
     targets = expand("results/plates/{plate}.ome.zarr", plate=PLATE_IDS)
     targets += expand("results/annotations/{plate}/manifest.parquet", plate=ANNOTATED)
-    targets.append("results/qc/skipped.tsv")
+    if PLATE_IDS:
+        targets.append("results/qc/skipped.tsv")
     if len(MODEL_RUNS):
         targets += ["results/models/ensemble.tsv", "results/training/gallery.png"]
-        targets += expand("results/tables/{plate}/cells.parquet", plate=PLATE_IDS)
-        targets.append("results/tables/images.parquet")
-        targets += ["results/tables/evaluation.parquet", "results/tables/stats.json"]
-        targets += expand("results/figures/{name}.png", name=FIGURES)
+        targets += evalset_targets()
         if LIVECELL_ON:
             targets.append("results/tables/livecell/ap.md")
-        targets += evalset_targets()
+        if PLATE_IDS:
+            targets += expand("results/tables/{plate}/cells.parquet", plate=PLATE_IDS)
+            targets.append("results/tables/images.parquet")
+        if ANNOTATED:
+            targets += [
+                "results/tables/evaluation.parquet",
+                "results/figures/segmentation_overlay.png",
+            ]
+            targets += expand("results/figures/{name}.png", name=FIGURES)
+        if ANNOTATED or stats_input().startswith("results/tables/livecell"):
+            targets.append("results/tables/stats.json")
     return targets
 
 
