@@ -368,12 +368,17 @@ def import_livecell(
                 continue
             seen.add(stem)
 
-            def skip(reason: str, file_name: str = file_name, ann: Path = ann_path) -> None:
+            def skip(
+                reason: str, file_name: str = file_name, ann: Path = ann_path, expected=False
+            ) -> None:
                 qc.append({"file": file_name, "annotation_file": str(ann), "reason": reason})
-                log.warning("skipping %s: %s", file_name, reason)
+                if expected:  # on the exclude list: what the paper did, not a problem
+                    log.info("expected: %s excluded (%s)", file_name, reason)
+                else:
+                    log.warning("skipping %s: %s", file_name, reason)
 
             if stem in excluded:
-                skip("excluded: on the list of corrupt images")
+                skip("excluded: on the list of corrupt images", expected=True)
                 continue
             try:
                 parts = parse_name(file_name)
@@ -440,7 +445,15 @@ def import_livecell(
     qc_df = qc_df.sort_values("file", kind="mergesort").reset_index(drop=True)
     write_text(qc_df.to_csv(sep="\t", index=False, lineterminator="\n"), out_dir / "qc.tsv")
     write_parquet(images_df, out_dir / "index.parquet")
-    log.info("LIVECell import: %d images imported, %d skipped", len(images_df), len(qc_df))
+    n_excluded = int(qc_df["reason"].str.startswith("excluded:").sum()) if len(qc_df) else 0
+    log.info(
+        "LIVECell import: %d images imported; expected: %d files on the exclude list (%s) "
+        "excluded; %d other files skipped (see qc.tsv)",
+        len(images_df),
+        n_excluded,
+        exclude if isinstance(exclude, str | os.PathLike) else "as given",
+        len(qc_df) - n_excluded,
+    )
     return images_df, qc_df
 
 
