@@ -123,3 +123,28 @@ def test_rule_layer_has_one_function_per_rule():
         rules |= set(re.findall(r"^rule (\w+):", smk.read_text(), re.M))
     scripts = {p.stem for p in (ROOT / "scripts").glob("*.py")}
     assert scripts == rules - {"all"}
+
+
+def test_tensorflow_import_notices_are_filtered(tmp_path):
+    """TensorFlow's absl/oneDNN start-up notices do not reach a run's stderr (issue 13);
+    other stderr output at import still does, and BRIGHTSEG_TF_NOTICES=1 shows them."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import brightseg.models, sys; print('ok'); sys.stderr.write('mine\\n')"
+    env = {k: v for k, v in os.environ.items() if k != "BRIGHTSEG_TF_NOTICES"}
+    quiet = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert quiet.returncode == 0 and quiet.stdout.strip() == "ok"
+    assert "absl::InitializeLog" not in quiet.stderr and "oneDNN" not in quiet.stderr
+    assert "mine" in quiet.stderr
+    loud = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=dict(env, BRIGHTSEG_TF_NOTICES="1", TF_CPP_MIN_LOG_LEVEL="0"),
+        cwd=tmp_path,
+    )
+    assert "oneDNN" in loud.stderr or "absl" in loud.stderr

@@ -13,4 +13,8 @@ import os as _os
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from . import _quiet  # noqa: E402
+
+_quiet.install()
+
 __version__ = "0.1.0"
