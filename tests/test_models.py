@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from brightseg.errors import InputError
+from brightseg.errors import InputError, MissingDownload
 from brightseg.losses import get_loss
 from brightseg.models import (
     ARCHITECTURES,
@@ -195,6 +195,9 @@ def test_imagenet_offline_error_names_file(tmp_path, monkeypatch):
         build_model("densenet121_unet", (32, 32, 3), "imagenet", allow_download=False)
     assert fname in str(err.value)
     assert str(home / "models") in str(err.value)
+    # not bad input: a download the user has to place (issue 13), named as such
+    assert isinstance(err.value, MissingDownload) and err.value.kind == "missing download"
+    assert "Place the file" in str(err.value)
     with pytest.raises(InputError, match="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"):
         check_encoder_weights("vgg16_attention_unet", "imagenet", allow_download=False)
     check_encoder_weights("small_unet", "imagenet", allow_download=False)  # no encoder: fine

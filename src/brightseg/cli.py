@@ -33,7 +33,7 @@ def _handle_errors(func):
         try:
             return func(*args, **kwargs)
         except InputError as exc:
-            click.echo(f"brightseg: error: {exc}", err=True)
+            click.echo(f"brightseg: {exc.kind}: {exc}", err=True)
             sys.exit(EXIT_BAD_INPUT)
         except (
             FileNotFoundError,

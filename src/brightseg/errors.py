@@ -32,10 +32,21 @@ class InputError(ValueError):
         What is wrong with it.
     """
 
+    #: How the message is introduced to the user (``brightseg: bad input: ...``).
+    kind = "bad input"
+
     def __init__(self, path: str | os.PathLike | None, message: str):
         self.path = None if path is None else os.fspath(path)
         self.message = message
         super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class MissingDownload(InputError):
+    """A file the run needs that has to be downloaded first (e.g. ImageNet encoder weights
+    on an offline node): not bad data, so the message says what to download and where to
+    put it."""
+
+    kind = "missing download"
 
 
 class Problems:

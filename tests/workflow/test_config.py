@@ -94,3 +94,11 @@ def test_no_plates_yet_trains_on_patch_sets_and_evaluates_the_sets(tmp_path):
     assert {"augment", "train", "select_checkpoints", "evalset_compare"} <= set(counts), counts
     for rule in ("correct_illumination", "aggregate_tables", "figures", "stats_report", "evaluate"):
         assert rule not in counts, counts
+
+
+def test_running_from_workflow_folder_says_run_from_the_root(tmp_path):
+    work = copy_workflow(tmp_path / "work")
+    proc = run_snakemake(work / "workflow", "-n", "--cores", "1", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "run snakemake from the repository root" in out and str(work) in out

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import keras
 
-from ..errors import InputError
+from ..errors import InputError, MissingDownload
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def resolve_imagenet_weights(
             why = f"download failed ({type(exc).__name__}: {exc})"
         finally:
             socket.setdefaulttimeout(old)
-    raise InputError(
+    raise MissingDownload(
         target,
         f"ImageNet weights for the {backbone} encoder are missing and {why}. "
         f"Place the file '{fname}' in the directory '{cache}' "

@@ -53,8 +53,8 @@ def log_to(path: str | os.PathLike | None, level: int = logging.INFO):
     try:
         yield
     except InputError as exc:
-        log.error("bad input: %s", exc)
-        print(f"brightseg: bad input: {exc}", file=sys.stderr)
+        log.error("%s: %s", exc.kind, exc)
+        print(f"brightseg: {exc.kind}: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT) from None
     finally:
         for h in handlers:
