@@ -71,7 +71,6 @@ __all__ = [
     "ConfusionMetric",
     "PatchData",
     "make_dataset",
-    "validation_order",
     "mining_weights",
     "open_patches",
     "train_model",
@@ -374,50 +373,8 @@ class _Sampler:
             epoch += 1
 
 
-def validation_order(val: pd.DataFrame, seed: int = 0) -> np.ndarray:
-    """The validation samples in the order validation uses them (its first N are a fair subset).
-
-    Un-augmented originals (``variant`` 0) come first, then each further variant; within
-    a variant the patches of all source images are interleaved round-robin, sources in a
-    seeded order, so ``val_steps`` batches cover every validation source image (stratified)
-    instead of the 21 variants of the first few patches of one source.
-
-    Parameters
-    ----------
-    val : DataFrame
-        Validation rows of the manifest: ``index`` and, when present, ``variant`` and
-        ``source_image``.
-    seed : int
-        Order of the sources and of the patches within each source.
-
-    Returns
-    -------
-    ndarray of int64
-        Sample indices.
-    """
-    rng = np.random.default_rng([int(seed), 0x5A11D])
-    val = val.sort_values("index", kind="stable")
-    variant = val["variant"] if "variant" in val else pd.Series(0, index=val.index)
-    source = val["source_image"].astype(str) if "source_image" in val else val["index"].astype(str)
-    sources = np.array(sorted(source.unique()), dtype=object)
-    sources = sources[rng.permutation(len(sources))]
-    order: list[int] = []
-    for v in sorted(variant.unique()):
-        queues = []
-        for src in sources:
-            idx = val.loc[(variant == v) & (source == src), "index"].to_numpy(np.int64)
-            queues.append(list(idx[rng.permutation(idx.size)]))
-        while any(queues):
-            for q in queues:
-                if q:
-                    order.append(int(q.pop(0)))
-    return np.asarray(order, dtype=np.int64)
-
-
-def _val_specs(
-    data: PatchData, batch: int, size: int, steps: int | None, seed: int = 0
-) -> np.ndarray:
-    idx = validation_order(data.df.loc[data.df["split"] == "val"], seed)
+def _val_specs(data: PatchData, batch: int, size: int, steps: int | None) -> np.ndarray:
+    idx = data.val_index
     nb = math.ceil(idx.size / batch)
     if steps is not None:
         nb = min(nb, steps)
@@ -579,48 +536,32 @@ class _ScalarLogger(keras.callbacks.Callback):
 
 
 class _MiningCallback(keras.callbacks.Callback):
-    """Scores training patches after each epoch and sets the next epoch's sampling weights.
+    """Scores every training patch after each epoch and sets the next weights."""
 
-    At most ``budget`` patches are scored per epoch (a seeded random subset; default as
-    many as an epoch trains on), so mining costs at most about one epoch's forward passes
-    instead of a pass over the whole training set.  A patch keeps its last score until it
-    is scored again; a patch never scored counts as the hardest (so it is explored).
-    """
-
-    def __init__(
-        self, data: PatchData, sampler: _Sampler, loss_name, size, batch, mining_kw, *, budget, seed
-    ):
+    def __init__(self, data: PatchData, sampler: _Sampler, loss_name, size, batch, mining_kw):
         super().__init__()
+
         self.data, self.sampler, self.size, self.batch = data, sampler, size, batch
         self.loss_fn = get_loss(loss_name, reduction="none")
         self.kw = mining_kw
-        self.budget = int(budget)
-        self.rng = np.random.default_rng([int(seed), 0x4D1E])
-        self.scores = np.full(data.train_index.size, np.nan)
         self.last_weights: np.ndarray | None = None
 
     def on_epoch_end(self, epoch, logs=None):
         idx = self.data.train_index
         off = (self.data.patch_size - self.size) // 2
-        n = idx.size
-        pick = np.sort(self.rng.permutation(n)[: min(n, self.budget)])
         losses = []
-        for start in range(0, pick.size, self.batch):
-            b = idx[pick[start : start + self.batch]]
+        for start in range(0, idx.size, self.batch):
+            b = idx[start : start + self.batch]
             x, y = self.data.read(np.column_stack([b, np.full((b.size, 2), off)]), self.size)
             p = self.model.predict_on_batch(x)
             losses.append(np.asarray(self.loss_fn(y, p), dtype=np.float64))
-        scored = np.concatenate(losses)
-        self.scores[pick] = scored
-        w = mining_weights(self.scores, self.data.train_fg, **self.kw)
+        losses = np.concatenate(losses)
+        w = mining_weights(losses, self.data.train_fg, **self.kw)
         self.last_weights = w
         log.info(
-            "hard-example mining: %d of %d patches scored (loss mean %.4f max %.4f); "
-            "max/min sampling weight ratio %.2f",
-            pick.size,
-            n,
-            scored.mean(),
-            scored.max(),
+            "hard-example mining: loss mean %.4f max %.4f; max/min sampling weight ratio %.2f",
+            losses.mean(),
+            losses.max(),
             w.max() / max(w.min(), 1e-300),
         )
         self.sampler.set_weights(epoch + 1, w)
@@ -793,22 +734,13 @@ def train_model(
         )
         sampler = _Sampler(data, batch_size, steps, size, seed, wait=hard_mining)
         train_ds = make_dataset(data, sampler, size)
-        val_batches = _val_specs(data, batch_size, size, val_steps, seed)
+        val_batches = _val_specs(data, batch_size, size, val_steps)
         val_ds = make_dataset(data, lambda: iter(val_batches), size, len(val_batches))
         epoch_cb = _EpochCallback(out_dir, ckpt_dir, epochs, label)
         callbacks = []
         if hard_mining:
             callbacks.append(
-                _MiningCallback(
-                    data,
-                    sampler,
-                    loss,
-                    size,
-                    batch_size,
-                    mining_kwargs or {},
-                    budget=steps * batch_size,
-                    seed=seed,
-                )
+                _MiningCallback(data, sampler, loss, size, batch_size, mining_kwargs or {})
             )
         callbacks.append(epoch_cb)
         stopper = None
