@@ -223,6 +223,54 @@ def stats_cmd(input_path, column, baseline, out_json, out_md, out_tex, threshold
     )
 
 
+@main.command("segment")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--model", required=True, type=click.Path(), help="Model bundle (directory or .tar).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--pixel-size-um", type=float, default=None, help="Of the images (default: the bundle's)."
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(),
+    default=None,
+    help=("A YAML with instances: / inference: blocks (watershed, batch size, TTA)."),
+)
+@_handle_errors
+def segment_cmd(images, model, out_dir, pixel_size_um, config_path):
+    """Segment IMAGES (files, folders, globs) with a model bundle, without a plate sheet.
+
+    Writes <stem>_labels.tif, <stem>_mask.png, <stem>_overlay.png, cells.parquet,
+    cells.csv and images.tsv into OUT, with the workflow's own code.
+    """
+    import yaml
+
+    from .segment import segment_images
+
+    blocks = {}
+    if config_path:
+        with open(config_path) as fh:
+            blocks = yaml.safe_load(fh) or {}
+        if not isinstance(blocks, dict):
+            raise InputError(config_path, "expected a mapping with instances:/inference: blocks")
+        unknown = set(blocks) - {"instances", "inference"}
+        if unknown:
+            raise InputError(
+                config_path, f"only instances and inference apply, not {sorted(unknown)}"
+            )
+    cells = segment_images(
+        images,
+        model,
+        out_dir,
+        pixel_size_um=pixel_size_um,
+        instances=blocks.get("instances"),
+        inference=blocks.get("inference"),
+    )
+    n_images = cells["image_id"].nunique() if len(cells) else 0
+    click.echo(f"{len(cells)} cells in {n_images} images -> {out_dir}")
+
+
 @main.command("models")
 def models_cmd():
     """Parameter counts of every architecture next to the paper's numbers."""

@@ -448,6 +448,12 @@ class Config:
     def from_dict(cls, config: Mapping, *, source: str | Sequence[str] = "") -> Config:
         """Validate ``config`` (:func:`validate_config`) and build every block."""
         raw = validate_config(config, source=source)
+        if "illumination" not in raw:  # a predict-only config not yet completed
+            raise InputError(
+                str(source) or "config",
+                f"no illumination block: the model bundle {raw.get('model')} supplies it "
+                "(brightseg.bundle.config_with_bundle)",
+            )
         return cls(
             raw=raw,
             illumination=IlluminationConfig._build(raw["illumination"]),

@@ -88,6 +88,7 @@ plate therefore peaks at about 1.1 GB with these models.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -860,7 +861,7 @@ class Ensemble:
             keras.config.set_dtype_policy(previous)  # a process-wide setting: restored
         return cls(table, models, inference, source=ensemble_tsv)
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         """sha256 of the checkpoints' bytes (in voting order) and the inference settings."""
         h = hashlib.sha256()

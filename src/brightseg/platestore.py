@@ -194,6 +194,15 @@ def _to_uint16(x: np.ndarray) -> np.ndarray:
     return np.round(np.clip(x.astype(np.float64), 0.0, 1.0) * 65535.0).astype(np.uint16)
 
 
+def quantise(x: np.ndarray) -> np.ndarray:
+    """A corrected image as a plate store gives it back: ``round(x * 65535) / 65535``.
+
+    What a model sees of an image read from a store, for images that never go through
+    one (``brightseg segment``).
+    """
+    return (_to_uint16(x).astype(np.float32) / np.float32(65535.0)).astype(np.float32)
+
+
 def write_plate(
     store_path: str | os.PathLike,
     plate: str,

@@ -5,6 +5,7 @@ import pandas as pd
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from brightseg import bundle as bs_bundle
 from brightseg import config as bs_config
 from brightseg.annotations import cvat as bs_cvat
 from brightseg import evalsets as bs_evalsets
@@ -18,10 +19,17 @@ from brightseg.limits import Limits
 # stops the run here, with the closest valid name), and becomes typed, frozen blocks with
 # the defaults filled in. Rules pass the blocks' plain dicts as params (so Snakemake's
 # params trigger sees them) and only the keys that change each rule's output.
+# Predict-only runs (`model: <bundle>`): the bundle's preprocessing and inference keys are
+# filled in (a conflicting value in the config stops the run, naming both), nothing is
+# trained, and every plate is predicted with the bundle's checkpoints.
+_CONFIG_SOURCE = ", ".join(str(f) for f in workflow.configfiles) or "config"
+BUNDLE = config.get("model") or None
 try:
-    CFG = bs_config.Config.from_dict(
-        config, source=[str(f) for f in workflow.configfiles] or "config"
-    )
+    _config = config
+    if BUNDLE:
+        _config, _manifest = bs_bundle.config_with_bundle(config, source=_CONFIG_SOURCE)
+        BUNDLE_SHA256 = _manifest["content_sha256"]
+    CFG = bs_config.Config.from_dict(_config, source=_CONFIG_SOURCE)
 except InputError as exc:
     raise WorkflowError(f"brightseg: bad config: {exc}")
 
@@ -128,14 +136,26 @@ def plate_illumination(wildcards):
     return PLATE_ILLUMINATION[wildcards.plate].as_dict()
 
 
-MODEL_SPECS = {(m.name, m.loss): m for m in CFG.models}
+if BUNDLE and CFG.models:
+    logging.getLogger("brightseg").warning(
+        "model: %s is given: the config's %d models are not trained (predict-only run)",
+        BUNDLE,
+        len(CFG.models),
+    )
+MODEL_SPECS = {(m.name, m.loss): m for m in CFG.models} if not BUNDLE else {}
 if len(MODEL_SPECS) != len(CFG.models):
     raise WorkflowError(
         "brightseg: bad config: models: each (name, loss) pair must be unique"
     )
 MODEL_RUNS = pd.DataFrame(
-    [{"model": m.name, "loss": m.loss} for m in CFG.models], columns=["model", "loss"]
+    [{"model": m, "loss": l} for m, l in MODEL_SPECS], columns=["model", "loss"]
 )
+# What votes: the trained ensemble, or the bundle of a predict-only run (its content hash
+# is a param of the rules that use it, so a new bundle reruns exactly those).
+ENSEMBLE_SOURCE = BUNDLE or "results/models/ensemble.tsv"
+ENSEMBLE_ID = BUNDLE_SHA256 if BUNDLE else "trained"
+_train_px = {float(PLATES.loc[p, "pixel_size_um"]) for p in TRAINING}
+TRAINING_PIXEL_SIZE = _train_px.pop() if len(_train_px) == 1 else None
 
 
 def model_spec(wildcards):
@@ -190,8 +210,14 @@ def all_targets():
     targets += expand("results/annotations/{plate}/manifest.parquet", plate=ANNOTATED)
     if PLATE_IDS:
         targets.append("results/qc/skipped.tsv")
+    if BUNDLE:
+        targets += evalset_targets()
+        if PLATE_IDS:
+            targets += expand("results/tables/{plate}/cells.parquet", plate=PLATE_IDS)
+            targets.append("results/tables/images.parquet")
     if len(MODEL_RUNS):
         targets += ["results/models/ensemble.tsv", "results/training/gallery.png"]
+        targets += ["results/models/bundle.tar"]
         targets += evalset_targets()
         if LIVECELL_ON:
             targets.append("results/tables/livecell/ap.md")
@@ -258,7 +284,7 @@ def evalset_compare_input(wildcards):
     spec = _evalset(wildcards)
     data = [EVALSET_SYNTH_DIR] if spec["synth"] else [spec["images"], spec["masks"]]
     return {
-        "ensemble": "results/models/ensemble.tsv",
+        "ensemble": ENSEMBLE_SOURCE,
         "data": data,
         "baselines": list(spec["baselines"].values()),
     }
@@ -272,6 +298,12 @@ def evalset_targets():
     ]
 
 
+if BUNDLE and TRAINING:
+    logging.getLogger("brightseg").warning(
+        "model: %s is given: plates with use_for_training (%s) are predicted, not trained on",
+        BUNDLE,
+        ", ".join(TRAINING),
+    )
 if not TRAINING and not PATCH_SETS and len(MODEL_RUNS):
     raise WorkflowError(
         f"{SHEET}: no plate has use_for_training and no training.patch_sets are "

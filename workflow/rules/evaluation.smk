@@ -3,7 +3,7 @@
 
 rule evaluate:
     input:
-        ensemble="results/models/ensemble.tsv",
+        ensemble=ENSEMBLE_SOURCE,
         training="results/training/manifest.parquet",
         stores=expand("results/plates/{plate}.ome.zarr", plate=ANNOTATED),
         annotations=expand(
@@ -89,7 +89,7 @@ rule livecell_import:
 
 rule livecell_predict:
     input:
-        ensemble="results/models/ensemble.tsv",
+        ensemble=ENSEMBLE_SOURCE,
         index="results/livecell/index.parquet",
     output:
         per_image="results/tables/livecell/per_image.parquet",

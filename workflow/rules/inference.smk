@@ -4,7 +4,7 @@
 rule predict:
     input:
         store="results/plates/{plate}.ome.zarr",
-        ensemble="results/models/ensemble.tsv",
+        ensemble=ENSEMBLE_SOURCE,
     output:
         labels=directory("results/predictions/{plate}.zarr"),
         summary="results/predictions/{plate}.tsv",
@@ -21,6 +21,7 @@ rule predict:
         runtime=4 * 60,
     params:
         inference=CFG.inference.as_dict(),
+        ensemble_id=ENSEMBLE_ID,
     script:
         "../../scripts/predict.py"
 

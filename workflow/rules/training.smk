@@ -116,3 +116,31 @@ rule select_checkpoints:
         ensemble=CFG.ensemble.as_dict(),
     script:
         "../../scripts/select_checkpoints.py"
+
+
+rule bundle:
+    input:
+        ensemble="results/models/ensemble.tsv",
+        checkpoints=run_outputs("checkpoints"),
+        manifest="results/training/manifest.parquet",
+        split_summary="results/training/split_summary.tsv",
+    output:
+        bundle=directory("results/models/bundle"),
+        archive="results/models/bundle.tar",
+    log:
+        "logs/bundle.log",
+    conda:
+        "../../envs/tensorflow.yaml"
+    params:
+        illumination=CFG.illumination.as_dict(),
+        inference=CFG.inference.as_dict(),
+        tile=CFG.inference.tile,
+        pixel_size_um=TRAINING_PIXEL_SIZE,
+        training={
+            "plates": TRAINING,
+            "patch_sets": [s["name"] for s in PATCH_SETS],
+            **CFG.training.subset(CFG.training.AUGMENT_KEYS + CFG.training.TRAIN_KEYS),
+        },
+        seed=SEED,
+    script:
+        "../../scripts/bundle.py"

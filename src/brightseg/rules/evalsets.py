@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from ..annotations.maskfolder import DEFAULT_PIXEL_SIZE_UM, read_mask
+from ..bundle import load_ensemble
 from ..config import IlluminationConfig, InferenceConfig, OtsuConfig
-from ..ensemble import Ensemble
 from ..errors import InputError
 from ..evalsets import (
     BASELINE_PREFIX,
@@ -111,7 +111,7 @@ def evalset_compare(
     eval_df = load_eval_set(spec, threshold=threshold, check=True)
     baselines = baseline_methods(eval_df)
     illum = IlluminationConfig.coerce(illumination)
-    ens = Ensemble.load(ensemble_tsv, inference)
+    ens = load_ensemble(ensemble_tsv, inference)
     clash = sorted(set(baselines) & {ENSEMBLE, *ens.names})
     if clash:
         raise InputError(f"evaluation_sets[{name}].baselines", f"method names {clash} are taken")

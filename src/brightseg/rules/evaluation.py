@@ -22,6 +22,7 @@ from ..annotations.livecell import (
     import_livecell,
     summary_table,
 )
+from ..bundle import load_ensemble
 from ..config import IlluminationConfig, StatsConfig
 from ..ensemble import Ensemble
 from ..errors import InputError
@@ -125,7 +126,7 @@ def evaluate(
         raise InputError(
             training_manifest, "no held-out images: no validation split and no annotated test plate"
         )
-    ens = Ensemble.load(ensemble_tsv, inference)
+    ens = load_ensemble(ensemble_tsv, inference)
 
     first: dict = {}
 
@@ -189,7 +190,7 @@ def livecell_predict(
     illum = IlluminationConfig.coerce(illumination)
     idx = pd.read_parquet(index)
     root = Path(index).parent
-    ens = Ensemble.load(ensemble_tsv, inference)
+    ens = load_ensemble(ensemble_tsv, inference)
     radius = radius_to_px(illum.radius, illum.unit, pixel_size_um)
     ap_items = []
 

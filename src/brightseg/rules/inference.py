@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..bundle import load_ensemble
 from ..config import InferenceConfig, InstancesConfig, MorphometryConfig
-from ..ensemble import Ensemble
 from ..instances import split_with_config, write_cellpose_masks, write_imagej_rois
 from ..io import atomic_path, write_png, write_text
 from ..morphometry import (
@@ -62,7 +62,7 @@ def predict(
     partial stores of this output are removed).  The finished store is renamed into place.
     """
     cfg = InferenceConfig.coerce(inference)
-    ens = Ensemble.load(ensemble_tsv, cfg)
+    ens = load_ensemble(ensemble_tsv, cfg)
     plate = open_plate(store, mode="r")
     dest = Path(labels_out)
     key = hashlib.sha256((ens.key + _store_identity(store)).encode()).hexdigest()[:20]

@@ -11,7 +11,8 @@ import pandas as pd
 
 from ..annotations.maskfolder import group_by_source, patch_set_training_pairs, resolve_patch_sets
 from ..augment import build_training_store, make_gallery, open_training_store
-from ..config import EnsembleConfig, ModelSpec, TrainingConfig
+from ..bundle import training_summary, write_bundle
+from ..config import EnsembleConfig, InferenceConfig, ModelSpec, TrainingConfig
 from ..io import read_image, write_parquet, write_text
 from ..platestore import open_plate
 from ..selection import read_histories, write_ensemble_tsv
@@ -173,3 +174,37 @@ def select_checkpoints(
     if missing:
         raise RuntimeError(f"selected checkpoints do not exist: {missing}")
     write_ensemble_tsv(sel, out_tsv)
+
+
+def bundle(
+    ensemble_tsv: str,
+    manifest: str,
+    split_summary: str,
+    out_dir: str,
+    archive: str,
+    *,
+    illumination: dict,
+    inference: InferenceConfig | dict,
+    tile: int | None,
+    pixel_size_um: float | None,
+    training: dict,
+    seed: int,
+) -> None:
+    """Rule ``bundle``: the voting checkpoints as a portable, verified model bundle.
+
+    ``illumination`` is the block the training images were corrected with; ``tile`` the
+    models' input size (the training patch size); ``pixel_size_um`` the training images'
+    pixel size where they share one (None otherwise).  See :mod:`brightseg.bundle`.
+    """
+    inf = InferenceConfig.coerce(inference)
+    summary = training_summary([manifest], split_summary, seed=seed, training=training)
+    write_bundle(
+        ensemble_tsv,
+        out_dir,
+        archive,
+        illumination=illumination,
+        inference=inf.as_dict(),
+        tile=tile,
+        pixel_size_um=pixel_size_um,
+        training=summary,
+    )

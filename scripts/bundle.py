@@ -1,0 +1,19 @@
+"""Rule bundle: the voting checkpoints as a portable, verified model bundle."""
+
+from brightseg.rules import log_to
+from brightseg.rules.training import bundle
+
+with log_to(snakemake.log[0]):
+    bundle(
+        snakemake.input.ensemble,
+        snakemake.input.manifest,
+        snakemake.input.split_summary,
+        snakemake.output.bundle,
+        snakemake.output.archive,
+        illumination=dict(snakemake.params.illumination),
+        inference=dict(snakemake.params.inference),
+        tile=snakemake.params.tile,
+        pixel_size_um=snakemake.params.pixel_size_um,
+        training=dict(snakemake.params.training),
+        seed=snakemake.params.seed,
+    )
