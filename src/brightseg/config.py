@@ -229,6 +229,11 @@ class Block:
         """Plain values (lists for tuples), as a rule's ``params`` holds them."""
         return _plain(dataclasses.asdict(self))
 
+    def subset(self, keys: Sequence[str]) -> dict:
+        """The named keys as a plain dict (one rule's share of the block)."""
+        d = self.as_dict()
+        return {k: d[k] for k in keys}
+
     def replace(self: B, **changes: Any) -> B:
         """A copy with some fields changed (checked against the schema again)."""
         return type(self).from_dict({**self.as_dict(), **changes})
@@ -309,11 +314,6 @@ class TrainingConfig(Block):
         "encoder_weights",
         "deterministic",
     )
-
-    def subset(self, keys: Sequence[str]) -> dict:
-        """The named keys as a plain dict (one rule's share of the block)."""
-        d = self.as_dict()
-        return {k: d[k] for k in keys}
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,9 @@ INFERENCE_DOWNSTREAM = {
 }
 CHANGES = [
     # (config block, key, new value, rules that must rerun (others must not))
-    ("inference", "threshold", 0.6, INFERENCE_DOWNSTREAM),
-    ("ensemble", "top_k", 3, INFERENCE_DOWNSTREAM | {"select_checkpoints"}),
+    # the bundle records the threshold and its members
+    ("inference", "threshold", 0.6, INFERENCE_DOWNSTREAM | {"bundle"}),
+    ("ensemble", "top_k", 3, INFERENCE_DOWNSTREAM | {"select_checkpoints", "bundle"}),
     # the watershed does not change the predictions or the evaluation sets (pixel masks)
     ("instances", "h_um", 0.8, INFERENCE_DOWNSTREAM - {"predict", "evalset_compare"}),
 ]

@@ -133,7 +133,7 @@ rule bundle:
         "../../envs/tensorflow.yaml"
     params:
         illumination=CFG.illumination.as_dict(),
-        inference=CFG.inference.as_dict(),
+        inference=CFG.inference.subset(("threshold", "vote", "overlap", "tta")),
         tile=CFG.inference.tile,
         pixel_size_um=TRAINING_PIXEL_SIZE,
         training={
