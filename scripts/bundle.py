@@ -16,4 +16,5 @@ with log_to(snakemake.log[0]):
         pixel_size_um=snakemake.params.pixel_size_um,
         training=dict(snakemake.params.training),
         seed=snakemake.params.seed,
+        instances=dict(snakemake.params.instances),
     )

@@ -95,8 +95,9 @@ def test_bundle_predicts_like_the_ensemble(trained, form):
     source = out if form == "dir" else root / "bundle.tar"
     image = np.random.default_rng(0).random((70, 50)).astype("float32")
     direct = Ensemble.load(tsv, {**INFERENCE})
-    via = B.load_ensemble(source, {**INFERENCE, "threshold": 0.5, "tile": None})
+    via = B.load_ensemble(source, {**INFERENCE, "threshold": 0.5, "tile": None, "overlap": 4})
     assert via.inference.threshold == 0.4 and via.tile == 32  # the bundle's values
+    assert via.inference.overlap == 8
     assert via.key == direct.key
     for a, b in zip(direct.predict(image), via.predict(image), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -160,7 +161,14 @@ def test_config_with_bundle_fills_and_refuses_conflicts(trained):
         {"model": str(root / "bundle.tar"), "inference": {"batch_size": 2}}
     )
     assert cfg["illumination"] == manifest["preprocessing"]["illumination"]
-    assert cfg["inference"] == {"batch_size": 2, "tile": 32, "threshold": 0.4, "vote": "mean"}
+    assert cfg["inference"] == {
+        "batch_size": 2,
+        "tile": 32,
+        "overlap": 8,
+        "threshold": 0.4,
+        "vote": "mean",
+        "tta": False,
+    }
     same, _ = B.config_with_bundle(
         {"model": str(root / "bundle"), "illumination": {"radius": 40.0, "mode": "black"}}
     )

@@ -62,7 +62,7 @@ MEMBERS = "members"
 #: (inference) with these values, so a predict-only run takes them from the bundle.
 BUNDLE_KEYS: dict[str, tuple[str, ...]] = {
     "illumination": ("radius", "unit", "mode", "method", "percentiles"),
-    "inference": ("tile", "threshold", "vote"),
+    "inference": ("tile", "overlap", "threshold", "vote", "tta"),
 }
 #: Largest member (bytes) and member count an archive may have (checked from its index).
 MAX_MEMBER_BYTES = 4 << 30
@@ -141,6 +141,7 @@ def write_bundle(
     tile: int | None,
     pixel_size_um: float | None,
     training: Mapping | None = None,
+    instances: Mapping | None = None,
     versions: Mapping | None = None,
 ) -> dict:
     """Write a bundle directory (and its ``.tar`` archive) from an ``ensemble.tsv``.
@@ -160,6 +161,9 @@ def write_bundle(
         The tile the models predict (``inference.tile``; None: the models' input size).
     pixel_size_um : float or None
         The working pixel size of the training images (None where they differ).
+    instances : mapping, optional
+        The watershed settings the run used: the defaults of a predict-only run and of
+        ``brightseg segment`` (the config may change them).
     training : mapping, optional
         A summary of the training data (plates, patch sets, counts) and anything else
         to record (``seed``, the training keys).
@@ -202,7 +206,7 @@ def write_bundle(
             tmp / TABLE, sep="\t", index=False, float_format="%.6f", lineterminator="\n"
         )
         ill = {k: illumination[k] for k in BUNDLE_KEYS["illumination"]}
-        inf = {k: inference[k] for k in ("threshold", "vote", "overlap", "tta")}
+        inf = {k: inference[k] for k in BUNDLE_KEYS["inference"] if k != "tile"}
         inf["tile"] = None if tile is None else int(tile)
         radius_um = None
         if pixel_size_um:
@@ -218,6 +222,7 @@ def write_bundle(
                 "tile": inf["tile"],
             },
             "inference": _jsonable(inf),
+            "postprocessing": {"instances": _jsonable(dict(instances or {}))},
             "training": _jsonable(dict(training or {})),
             "members": members,
         }
@@ -442,7 +447,8 @@ def config_with_bundle(config: Mapping, *, source: str = "config") -> tuple[dict
 
     ``config["model"]`` names the bundle.  Each key of :data:`BUNDLE_KEYS` comes from the
     bundle; the same key set in the config to another value is an error naming both (the
-    models were trained or validated with the bundle's value).
+    models were trained or validated with the bundle's value).  The bundle's
+    ``instances`` settings fill the keys the config leaves out.
 
     Returns
     -------
@@ -468,6 +474,9 @@ def config_with_bundle(config: Mapping, *, source: str = "config") -> tuple[dict
                 )
             given[key] = value
         out[block] = given
+    # The watershed settings of the training run are defaults: the config may change them.
+    recorded = manifest.get("postprocessing", {}).get("instances", {})
+    out["instances"] = {**recorded, **dict(out.get("instances") or {})}
     return out, manifest
 
 

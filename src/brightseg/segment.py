@@ -87,8 +87,8 @@ def segment_images(
     pixel_size_um : float, optional
         Of the images; default the bundle's training pixel size.
     instances, inference : config block or dict, optional
-        Watershed settings (default: the schema's) and the inference settings a bundle
-        does not fix (batch size; overlap and TTA default to the bundle's).
+        Watershed settings (default: the bundle's) and the inference settings a bundle
+        does not fix (batch size, precision).
 
     Returns
     -------
@@ -103,14 +103,11 @@ def segment_images(
         raise InputError(model, "the bundle records no pixel size: give --pixel-size-um")
     ill = IlluminationConfig.from_dict(pre["illumination"])
     radius_px = radius_to_px(ill.radius, ill.unit, float(px))
-    inst = InstancesConfig.coerce(instances)
-    # The bundle's overlap and TTA unless given (its tile, threshold and vote always).
-    recorded = {
-        k: manifest["inference"][k] for k in ("overlap", "tta") if k in manifest["inference"]
-    }
-    if isinstance(inference, InferenceConfig):
-        inference = inference.as_dict()
-    ens = load_ensemble(model, InferenceConfig.coerce({**recorded, **dict(inference or {})}))
+    if isinstance(instances, InstancesConfig):
+        instances = instances.as_dict()
+    recorded = manifest.get("postprocessing", {}).get("instances", {})
+    inst = InstancesConfig.coerce({**recorded, **dict(instances or {})})
+    ens = load_ensemble(model, InferenceConfig.coerce(inference))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tables, rows = [], []

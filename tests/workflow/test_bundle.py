@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
 import yaml
 
+from brightseg.io import read_image
 from brightseg.platestore import open_labels
 
-from .conftest import copy_workflow, run_snakemake
+from .conftest import BIN, copy_workflow, run_snakemake
 from .test_new_plate import job_counts
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
@@ -60,7 +62,30 @@ def test_predict_only_run_with_the_bundle_gives_the_same_masks(demo_run, tmp_pat
             np.testing.assert_array_equal(
                 ours.read_label(image_id, name), theirs.read_label(image_id, name)
             )
+    cells = open_labels(work / "results/instances/new1.zarr", work / "results/plates/new1.ome.zarr")
+    demo_cells = open_labels(
+        demo_run / "results/instances/demo2.zarr", demo_run / "results/plates/demo2.ome.zarr"
+    )
+    for image_id in ids:  # the bundle's watershed settings too
+        np.testing.assert_array_equal(
+            cells.read_label(image_id, "cells"), demo_cells.read_label(image_id, "cells")
+        )
     assert (work / "results/tables/new1/cells.parquet").is_file()
+
+    # `brightseg segment` on the same files, without a sheet: the same cells.
+    seg = subprocess.run(
+        [str(BIN / "brightseg"), "segment", str(images), "--model", str(bundle), "--out", "seg"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert seg.returncode == 0, seg.stderr[-3000:]
+    for image_id in ids:
+        np.testing.assert_array_equal(
+            read_image(work / f"seg/{image_id}_labels.tif"),
+            demo_cells.read_label(image_id, "cells"),
+        )
     assert not (work / "results/models/ensemble.tsv").exists()  # nothing trained
 
     # A value the models were not trained with is refused, naming both.

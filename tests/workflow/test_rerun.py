@@ -40,7 +40,8 @@ CHANGES = [
     ("inference", "threshold", 0.6, INFERENCE_DOWNSTREAM | {"bundle"}),
     ("ensemble", "top_k", 3, INFERENCE_DOWNSTREAM | {"select_checkpoints", "bundle"}),
     # the watershed does not change the predictions or the evaluation sets (pixel masks)
-    ("instances", "h_um", 0.8, INFERENCE_DOWNSTREAM - {"predict", "evalset_compare"}),
+    # (the bundle records the watershed settings as the defaults of predict-only runs)
+    ("instances", "h_um", 0.8, INFERENCE_DOWNSTREAM - {"predict", "evalset_compare"} | {"bundle"}),
 ]
 
 

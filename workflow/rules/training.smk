@@ -136,6 +136,7 @@ rule bundle:
         inference=CFG.inference.subset(("threshold", "vote", "overlap", "tta")),
         tile=CFG.inference.tile,
         pixel_size_um=TRAINING_PIXEL_SIZE,
+        instances=CFG.instances.as_dict(),
         training={
             "plates": TRAINING,
             "patch_sets": [s["name"] for s in PATCH_SETS],

@@ -189,6 +189,7 @@ def bundle(
     pixel_size_um: float | None,
     training: dict,
     seed: int,
+    instances: dict | None = None,
 ) -> None:
     """Rule ``bundle``: the voting checkpoints as a portable, verified model bundle.
 
@@ -207,4 +208,5 @@ def bundle(
         tile=tile,
         pixel_size_um=pixel_size_um,
         training=summary,
+        instances=instances,
     )
