@@ -460,7 +460,7 @@ def _outputs(d: Path) -> dict:
 
 
 def test_evaluate_set_scores_every_method_and_is_deterministic(tmp_path, monkeypatch):
-    monkeypatch.setattr(brightseg.rules.evalsets, "Ensemble", _FakeEnsemble)
+    monkeypatch.setattr(brightseg.rules.evalsets, "load_ensemble", _FakeEnsemble.load)
     spec, masks = _eval_set(tmp_path / "set")
     kw = dict(inference={}, illumination=ILLUMINATION, paired_metrics=["f1"])
     long_df = evalset_compare("unused.tsv", spec, _outputs(tmp_path / "o1"), **kw)
@@ -507,7 +507,7 @@ def test_evaluate_set_scores_every_method_and_is_deterministic(tmp_path, monkeyp
 
 
 def test_evaluate_set_rejects_a_baseline_named_like_a_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setattr(brightseg.rules.evalsets, "Ensemble", _FakeEnsemble)
+    monkeypatch.setattr(brightseg.rules.evalsets, "load_ensemble", _FakeEnsemble.load)
     spec, _ = _eval_set(tmp_path / "set")
     spec = dict(spec, baselines={"m/a/e01": spec["baselines"]["other"]})
     with pytest.raises(InputError, match="taken"):
