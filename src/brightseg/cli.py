@@ -378,6 +378,35 @@ def bench_dag_cmd(n_plates, workdir):
     click.echo(_kv_line(r))
 
 
+@main.command("cv")
+@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--masks", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--folds", default=3, show_default=True, type=int)
+@click.option("--config", "config", default="config/cpu.yaml", show_default=True)
+@click.option("--minutes", default=None, type=float, help="Training budget per fold.")
+@click.option("--out", "out", default="results/cv", show_default=True)
+@click.option("--pixel-size-um", default=1.0, show_default=True, type=float)
+@_handle_errors
+def cv_cmd(images, masks, folds, config, minutes, out, pixel_size_um):
+    """k-fold cross-validation (grouped by image) of a training recipe on images + masks.
+
+    Ends with ``dice= precision= recall= f1_50= folds= minutes=`` (means over folds).
+    """
+    from .crossval import run_cv, summary_line
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    s = run_cv(
+        images,
+        masks,
+        out,
+        config=config,
+        folds=folds,
+        minutes=minutes,
+        pixel_size_um=pixel_size_um,
+    )
+    click.echo(summary_line(s))
+
+
 @main.command("cluster-check")
 @click.option(
     "--profile",

@@ -114,6 +114,65 @@ def confusion_counts(pred: np.ndarray, truth: np.ndarray) -> dict[str, int]:
     return {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
 
 
+DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+
+def choose_threshold(
+    probs: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    candidates: Sequence[float] = DEFAULT_THRESHOLDS,
+) -> dict[str, float]:
+    """Probability threshold that maximises the pooled validation Dice.
+
+    Parameters
+    ----------
+    probs : sequence of ndarray
+        Foreground probability maps (float, 0..1), one per validation image or patch.
+    truths : sequence of ndarray
+        Ground-truth masks of the same shapes (non-zero = foreground).
+    candidates : sequence of float
+        Thresholds tried (foreground = probability > threshold); default 0.05, 0.10, ..., 0.95.
+
+    Returns
+    -------
+    dict
+        ``threshold`` (the best candidate; ties go to the candidate closest to 0.5, then the
+        smaller one) and ``dice`` (pooled Dice over all pixels at that threshold), plus
+        ``dice_at_0.5`` for comparison.
+
+    Raises
+    ------
+    ValueError
+        If the inputs are empty, of different lengths or shapes, or no candidate is in (0, 1).
+    """
+    if len(probs) == 0 or len(probs) != len(truths):
+        raise ValueError("choose_threshold needs equally many (>= 1) probability maps and masks")
+    cands = sorted({float(c) for c in candidates if 0.0 < float(c) < 1.0})
+    if not cands:
+        raise ValueError("choose_threshold: no candidate threshold in (0, 1)")
+    edges = np.asarray(cands + [0.5])
+    tp = np.zeros(len(edges))
+    fp = np.zeros(len(edges))
+    n_true = 0
+    for prob, truth in zip(probs, truths, strict=True):
+        prob = np.asarray(prob, dtype=np.float32)
+        truth = np.asarray(truth) != 0
+        if prob.shape != truth.shape:
+            raise ValueError(f"choose_threshold: shapes {prob.shape} and {truth.shape} differ")
+        n_true += int(truth.sum())
+        pos, neg = prob[truth], prob[~truth]
+        for i, c in enumerate(edges):
+            tp[i] += np.count_nonzero(pos > c)
+            fp[i] += np.count_nonzero(neg > c)
+    fn = n_true - tp
+    den = 2 * tp + fp + fn
+    dice = np.where(den > 0, 2 * tp / np.maximum(den, 1), 1.0)
+    scores = dice[:-1]
+    order = sorted(range(len(cands)), key=lambda i: (-scores[i], abs(cands[i] - 0.5), cands[i]))
+    best = order[0]
+    return {"threshold": cands[best], "dice": float(scores[best]), "dice_at_0.5": float(dice[-1])}
+
+
 def _ratio(num: float, den: float, both_empty: bool) -> float:
     if den == 0:
         return 1.0 if both_empty else 0.0

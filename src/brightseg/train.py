@@ -43,6 +43,7 @@ import math
 import os
 import re
 import threading
+import time
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -492,6 +493,25 @@ class _EpochCallback(keras.callbacks.Callback):
         )
 
 
+class _BudgetCallback(keras.callbacks.Callback):
+    """Stop training after the epoch in which ``budget_s`` seconds of wall time have passed."""
+
+    def __init__(self, budget_s: float):
+        super().__init__()
+        self.budget_s = budget_s
+        self.stopped = False
+        self._t0 = None
+
+    def on_train_begin(self, logs=None):
+        self._t0 = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if time.monotonic() - self._t0 >= self.budget_s:
+            self.stopped = True
+            self.model.stop_training = True
+            log.info("time budget of %.0f s reached after epoch %d", self.budget_s, epoch + 1)
+
+
 class _ScalarLogger(keras.callbacks.Callback):
     """Per-epoch scalars as TensorBoard event files (``train/``, ``validation/``).
 
@@ -610,6 +630,7 @@ def train_model(
     mining_kwargs: dict | None = None,
     in_memory="auto",
     run_eagerly: bool = False,
+    time_budget_s: float | None = None,
 ) -> dict:
     """Train one architecture with one loss and write checkpoints, history and card.
 
@@ -648,6 +669,9 @@ def train_model(
         See :class:`PatchData`.
     run_eagerly : bool
         Keras eager mode (debugging, tiny tests).
+    time_budget_s : float, optional
+        Wall-clock training budget: training stops after the epoch that crosses it
+        (``card.json``: ``stopped_budget``).
     checkpoint_dir : path, optional
         Where the per-epoch ``epoch_NN.keras`` go (default ``out_dir/checkpoints``; the
         ``train`` rule declares it as a directory output).
@@ -750,6 +774,10 @@ def train_model(
             )
             callbacks.append(stopper)
         callbacks.append(_ScalarLogger(out_dir / "tensorboard"))
+        budget = None
+        if time_budget_s is not None:
+            budget = _BudgetCallback(float(time_budget_s))
+            callbacks.append(budget)
         try:
             model.fit(
                 train_ds,
@@ -781,6 +809,8 @@ def train_model(
         "steps_per_epoch": steps,
         "epochs_run": len(hist),
         "stopped_early": bool(stopper is not None and stopper.stopped_epoch > 0),
+        "stopped_budget": bool(budget is not None and budget.stopped),
+        "time_budget_s": time_budget_s,
         "best_epoch": best,
         "best_val_loss": None if best is None else float(hist["val_loss"].min()),
         "best_checkpoint": None if best is None else f"{CHECKPOINT_DIR}/epoch_{best:02d}.keras",

@@ -1,0 +1,269 @@
+"""k-fold cross-validation of a training recipe on a folder of images + masks (issue 12).
+
+Folds are grouped by source image (one image is one group).  For each fold the recipe's
+first ``models`` entry is trained on the other folds' images: every image is corrected
+whole (:func:`brightseg.patches.patches_from_raw` parity: patches are windows of the
+corrected full image), tiled and augmented into a training store
+(:func:`brightseg.augment.build_training_store`), split grouped by image for validation and
+trained with :func:`brightseg.train.train_model` (stopping at ``minutes`` of wall time).
+The held-out full images are predicted with :func:`brightseg.ensemble.predict_image` (the
+workflow's tiled, blended path), thresholded at the probability that maximises validation
+Dice (:func:`brightseg.metrics.choose_threshold`, computed on the validation images' full
+predictions), split into instances with :func:`brightseg.instances.split_with_config` and
+scored: pixel Dice/precision/recall and instance F1 at IoU 0.5.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .annotations.maskfolder import match_files, read_mask
+from .config import validate_config
+from .errors import InputError
+from .illumination import correct_illumination, radius_to_px
+from .io import read_image
+from .metrics import choose_threshold, match_instances, pixel_metrics
+
+log = logging.getLogger(__name__)
+
+
+def fold_assignment(n: int, folds: int, seed: int) -> np.ndarray:
+    """Fold index (0..folds-1) of each of ``n`` images: a seeded permutation, dealt round-robin.
+
+    Parameters
+    ----------
+    n, folds, seed : int
+
+    Returns
+    -------
+    ndarray of int
+    """
+    if folds < 2 or folds > n:
+        raise InputError(None, f"--folds must be in [2, {n}] for {n} images, got {folds}")
+    order = np.random.default_rng(seed).permutation(n)
+    out = np.empty(n, int)
+    out[order] = np.arange(n) % folds
+    return out
+
+
+def _load(images: Path, masks: Path, cfg: dict, pixel_size_um: float) -> list[dict]:
+    pairs, _ = match_files(images, masks, mask_suffix=cfg["annotations"]["mask_suffix"])
+    ill = cfg["illumination"]
+    radius = radius_to_px(ill["radius"], ill["unit"], pixel_size_um)
+    out = []
+    for stem, ipath, mpath in pairs:
+        raw = read_image(ipath)
+        if raw.ndim != 2:
+            raise InputError(ipath, f"expected a 2-D grey image, got shape {raw.shape}")
+        mask, labels, _ = read_mask(mpath, threshold=cfg["annotations"]["mask_threshold"])
+        if mask.shape != raw.shape:
+            raise InputError(mpath, f"mask shape {mask.shape} != image shape {raw.shape}")
+        corrected = correct_illumination(
+            raw, radius, mode=ill["mode"], method=ill["method"], percentiles=ill["percentiles"]
+        )
+        if labels is None:
+            from .annotations.maskfolder import mask_to_labels
+
+            labels = mask_to_labels(mask)
+        out.append({"stem": stem, "image": corrected, "mask": mask, "labels": labels})
+    if len(out) < 2:
+        raise InputError(images, f"need at least 2 image/mask pairs, found {len(out)}")
+    return out
+
+
+def _predict(model, image: np.ndarray, inference: dict, tile: int) -> np.ndarray:
+    from .ensemble import make_predictor, predict_image
+
+    pred = make_predictor(model, batch_size=int(inference["batch_size"]), tile=tile)
+    return predict_image(
+        image,
+        [pred],
+        tile=tile,
+        overlap=int(inference["overlap"]),
+        batch_size=int(inference["batch_size"]),
+        tta=bool(inference["tta"]),
+    )[0]
+
+
+def run_cv(
+    images: str | Path,
+    masks: str | Path,
+    out: str | Path,
+    *,
+    config: str | Path = "config/cpu.yaml",
+    folds: int = 3,
+    minutes: float | None = None,
+    pixel_size_um: float = 1.0,
+) -> dict:
+    """Cross-validate the recipe of ``config`` on paired image/mask folders.
+
+    Parameters
+    ----------
+    images, masks : path
+        Folders of images and masks paired by stem (see :func:`match_files`).
+    out : path
+        Output folder: ``fold_K/`` (store, model, ``per_image.tsv``), ``per_image.tsv``,
+        ``summary.json`` and ``summary.md``.
+    config : path
+        YAML with ``training``, ``models``, ``illumination`` (and optionally ``inference``,
+        ``instances``, ``seed``) blocks; defaults from the config schema.
+    folds : int
+        Number of folds (grouped by image).
+    minutes : float, optional
+        Wall-clock training budget per fold; training stops after the epoch that crosses it.
+    pixel_size_um : float
+        Pixel size (top-hat radius in um, instance area filters).
+
+    Returns
+    -------
+    dict
+        The summary: mean and sd over folds of ``dice``, ``precision``, ``recall``, ``f1_50``,
+        per-fold rows, wall times.
+    """
+    from .augment import build_training_store
+    from .instances import split_with_config
+    from .models.runtime import load_checkpoint
+    from .split import apply_split
+    from .train import train_model
+
+    t0 = time.monotonic()
+    cpath = Path(config)
+    if not cpath.is_file():
+        raise InputError(cpath, "config file not found")
+    raw_cfg = yaml.safe_load(cpath.read_text()) or {}
+    raw_cfg.pop("plates", None)
+    cfg = validate_config(raw_cfg, source=str(cpath))
+    seed = int(cfg.get("seed", 0))
+    tr = dict(cfg["training"])
+    spec = dict(cfg["models"][0])
+    inference = cfg["inference"]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = _load(Path(images), Path(masks), cfg, pixel_size_um)
+    fold_of = fold_assignment(len(data), folds, seed)
+    rows, fold_rows = [], []
+    for k in range(folds):
+        tk = time.monotonic()
+        fdir = out / f"fold_{k}"
+        train_items = [d for d, f in zip(data, fold_of, strict=True) if f != k]
+        test_items = [d for d, f in zip(data, fold_of, strict=True) if f == k]
+        log.info(
+            "fold %d/%d: %d train, %d test images", k + 1, folds, len(train_items), len(test_items)
+        )
+        pairs = (
+            {
+                "image_id": d["stem"],
+                "plate": "cv",
+                "modality": "phase",
+                "image": d["image"],
+                "mask": d["mask"],
+            }
+            for d in train_items
+        )
+        fdir.mkdir(parents=True, exist_ok=True)
+        build_training_store(
+            pairs,
+            fdir / "patches.zarr",
+            fdir / "manifest_all.parquet",
+            patch_size=tr["patch_size"],
+            stride=tr["stride"],
+            min_foreground=tr["min_foreground"],
+            n_variants=tr["n_variants"],
+            seed=seed + k,
+        )
+        split = apply_split(
+            fdir / "manifest_all.parquet",
+            fdir / "manifest.parquet",
+            val_fraction=tr["val_fraction"],
+            seed=seed + k,
+        )
+        val_stems = set(split.loc[split["split"] == "val", "source_image"].astype(str))
+        card = train_model(
+            fdir / "patches.zarr",
+            fdir / "manifest.parquet",
+            fdir / "model",
+            spec=spec,
+            training=tr,
+            seed=seed + k,
+            time_budget_s=None if minutes is None else 60.0 * float(minutes),
+        )
+        t_train = time.monotonic() - tk
+        model = load_checkpoint(fdir / "model" / card["best_checkpoint"])
+        tile = int(tr["patch_size"])
+        val = [d for d in train_items if d["stem"] in val_stems] or train_items[:1]
+        choice = choose_threshold(
+            [_predict(model, d["image"], inference, tile) for d in val], [d["mask"] for d in val]
+        )
+        thr = float(choice["threshold"])
+        for d in test_items:
+            prob = _predict(model, d["image"], inference, tile)
+            fg = (prob > thr).astype(np.uint8)
+            px = pixel_metrics(fg, d["mask"])
+            lab = split_with_config(fg, pixel_size_um, cfg["instances"], prob=prob)
+            inst = match_instances(lab, d["labels"], thresholds=(0.5,))
+            rows.append(
+                {
+                    "fold": k,
+                    "image": d["stem"],
+                    "threshold": thr,
+                    "dice": px["dice"],
+                    "precision": px["precision"],
+                    "recall": px["recall"],
+                    "f1_50": inst["f1@0.5"],
+                    "n_true": inst["n_true"],
+                    "n_pred": inst["n_pred"],
+                }
+            )
+        fr = pd.DataFrame([r for r in rows if r["fold"] == k])
+        fold_rows.append(
+            {
+                "fold": k,
+                "n_test": len(test_items),
+                "threshold": thr,
+                "epochs_run": card["epochs_run"],
+                "train_s": round(t_train, 1),
+                "wall_s": round(time.monotonic() - tk, 1),
+                **{m: float(fr[m].mean()) for m in ("dice", "precision", "recall", "f1_50")},
+            }
+        )
+        fr.to_csv(fdir / "per_image.tsv", sep="\t", index=False)
+        log.info("fold %d/%d done (%.0f%%): %s", k + 1, folds, 100 * (k + 1) / folds, fold_rows[-1])
+    per_fold = pd.DataFrame(fold_rows)
+    pd.DataFrame(rows).to_csv(out / "per_image.tsv", sep="\t", index=False)
+    per_fold.to_csv(out / "per_fold.tsv", sep="\t", index=False)
+    summary = {
+        m: {"mean": float(per_fold[m].mean()), "sd": float(per_fold[m].std(ddof=1))}
+        for m in ("dice", "precision", "recall", "f1_50")
+    }
+    summary.update(
+        folds=folds,
+        n_images=len(data),
+        total_s=round(time.monotonic() - t0, 1),
+        minutes_budget=minutes,
+        config=str(cpath),
+        per_fold=fold_rows,
+    )
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    md = ["| metric | mean | sd |", "|---|---|---|"] + [
+        f"| {m} | {summary[m]['mean']:.3f} | {summary[m]['sd']:.3f} |"
+        for m in ("dice", "precision", "recall", "f1_50")
+    ]
+    md.append(f"\n{folds} folds, {len(data)} images, total {summary['total_s']:.0f} s")
+    (out / "summary.md").write_text("\n".join(md) + "\n")
+    return summary
+
+
+def summary_line(summary: dict) -> str:
+    """The machine-readable last line of ``brightseg cv``."""
+    return (
+        f"dice={summary['dice']['mean']:.4f} precision={summary['precision']['mean']:.4f} "
+        f"recall={summary['recall']['mean']:.4f} f1_50={summary['f1_50']['mean']:.4f} "
+        f"folds={summary['folds']} minutes={summary['total_s'] / 60:.1f}"
+    )

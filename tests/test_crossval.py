@@ -1,0 +1,93 @@
+"""``brightseg cv`` end to end on tiny synthetic images (issue 12)."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from brightseg.cli import main
+from brightseg.crossval import fold_assignment
+from brightseg.errors import InputError
+from brightseg.synth import synth_eval_set
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_fold_assignment_grouped_and_seeded():
+    a = fold_assignment(7, 3, seed=1)
+    assert sorted(set(a)) == [0, 1, 2]
+    assert (a == fold_assignment(7, 3, seed=1)).all()
+    with pytest.raises(InputError):
+        fold_assignment(2, 3, seed=0)
+
+
+def test_cv_two_folds_tiny(tmp_path):
+    synth_eval_set(tmp_path / "data", n_images=4, shape=(96, 96), seed=3, mean_radius_px=8)
+    cfg = yaml.safe_load((ROOT / "config" / "cpu.yaml").read_text())
+    cfg["illumination"]["radius"] = 20
+    cfg["training"].update(
+        patch_size=64,
+        stride=32,
+        n_variants=2,
+        epochs=2,
+        batch_size=2,
+        steps_per_epoch=2,
+        val_steps=1,
+        val_fraction=0.34,
+        deterministic=False,
+    )
+    cfg["models"] = [
+        {"architecture": "small_unet", "loss": "bce_dice", "model_kwargs": {"base_filters": 4}}
+    ]
+    cfg["inference"]["tile"] = 64
+    cfg["inference"]["overlap"] = 16
+    cpath = tmp_path / "cfg.yaml"
+    cpath.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "cv"
+    r = CliRunner().invoke(
+        main,
+        [
+            "cv",
+            "--images",
+            str(tmp_path / "data" / "images"),
+            "--masks",
+            str(tmp_path / "data" / "masks"),
+            "--folds",
+            "2",
+            "--config",
+            str(cpath),
+            "--minutes",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    last = r.output.strip().splitlines()[-1]
+    assert last.startswith("dice=") and "f1_50=" in last and "folds=2" in last
+    assert (out / "summary.json").is_file() and (out / "summary.md").is_file()
+    assert (out / "fold_0" / "per_image.tsv").is_file()
+
+
+def test_cv_bad_input_names_file(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "images" / "a.tif").write_bytes(b"not a tiff")
+    (tmp_path / "masks" / "a.png").write_bytes(b"not a png")
+    r = CliRunner().invoke(
+        main,
+        [
+            "cv",
+            "--images",
+            str(tmp_path / "images"),
+            "--masks",
+            str(tmp_path / "masks"),
+            "--config",
+            str(ROOT / "config" / "cpu.yaml"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert r.exit_code == 2
+    assert "a." in r.output
