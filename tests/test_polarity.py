@@ -68,3 +68,12 @@ def test_rule_auto_writes_decided_mode(tmp_path):
     ill = meta["brightseg"]["metadata"]["illumination"]
     assert ill["mode"] == "auto" and ill["mode_decided"] == "black"
     assert ill["polarity_statistic"] < 0 and isinstance(ill["polarity_uncertain"], bool)
+
+
+def test_sheet_column_accepts_auto():
+    from brightseg.config import IlluminationConfig, plate_illumination
+
+    base = IlluminationConfig.coerce(
+        {"radius": 10, "unit": "px", "mode": "black", "method": "fast", "percentiles": [1, 99.8]}
+    )
+    assert plate_illumination(base, {"plate": "p", "illumination_mode": "auto"}).mode == "auto"
