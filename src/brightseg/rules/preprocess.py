@@ -13,7 +13,7 @@ from ..annotations.maskfolder import import_mask_annotations
 from ..config import AnnotationsConfig, IlluminationConfig
 from ..errors import InputError
 from ..illumination import correct_illumination as _correct
-from ..illumination import radius_to_px
+from ..illumination import decide_polarity, radius_to_px
 from ..io import read_image, warn_low_bit_depth, write_text
 from ..limits import Limits
 from ..platestore import write_plate
@@ -127,10 +127,23 @@ def correct_illumination(
         raise InputError(images_spec, f"plate {plate!r}: no readable images")
     table = pd.DataFrame(good)
 
+    mode = cfg.mode
+    extra: dict = {}
+    if mode == "auto":
+        idx = np.unique(np.linspace(0, len(table) - 1, min(8, len(table))).round().astype(int))
+        sample = [read_image(table.iloc[i].path, limits=limits) for i in idx]
+        mode, stat, uncertain = decide_polarity(sample, radius_px, method=cfg.method)
+        log.info("plate %s: polarity statistic %.3f -> mode %s", plate, stat, mode)
+        if uncertain:
+            log.warning(
+                "plate %s: polarity uncertain (statistic %.3f); using %s", plate, stat, mode
+            )
+        extra = {"mode_decided": mode, "polarity_statistic": stat, "polarity_uncertain": uncertain}
+
     def load(row) -> np.ndarray:
         img = read_image(row.path, limits=limits).astype("float32")
         return _correct(
-            img, radius_px, mode=cfg.mode, method=cfg.method, percentiles=tuple(cfg.percentiles)
+            img, radius_px, mode=mode, method=cfg.method, percentiles=tuple(cfg.percentiles)
         )
 
     log.info(
@@ -144,7 +157,7 @@ def correct_illumination(
         pixel_size_um=pixel_size_um,
         modality=modality,
         chunk=chunk,
-        metadata={"illumination": dict(cfg.as_dict(), radius_px=radius_px)},
+        metadata={"illumination": dict(cfg.as_dict(), radius_px=radius_px, **extra)},
     )
     write_skipped(skip_rows, skipped, stage="correct_illumination", plate=plate)
 
