@@ -77,3 +77,23 @@ def test_sheet_column_accepts_auto():
         {"radius": 10, "unit": "px", "mode": "black", "method": "fast", "percentiles": [1, 99.8]}
     )
     assert plate_illumination(base, {"plate": "p", "illumination_mode": "auto"}).mode == "auto"
+
+
+def test_correct_illumination_auto_decides_one_image():
+    """Paths without a plate-level decision (evaluation and patch sets, segment) use auto too."""
+    from brightseg.illumination import correct_illumination
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:128, :128]
+    dark = (
+        0.8
+        - 0.5 * (((yy - 64) ** 2 + (xx - 64) ** 2) < 15**2)
+        + 0.01 * rng.standard_normal((128, 128))
+    )
+    auto = correct_illumination(dark, 30, mode="auto")
+    np.testing.assert_array_equal(auto, correct_illumination(dark, 30, mode="black"))
+    bright = 1.0 - dark
+    np.testing.assert_array_equal(
+        correct_illumination(bright, 30, mode="auto"),
+        correct_illumination(bright, 30, mode="white"),
+    )

@@ -381,7 +381,8 @@ def correct_illumination(
     radius_px : int
         Top-hat disk radius in pixels (see :func:`radius_to_px`).
     mode, method
-        See :func:`tophat`.
+        See :func:`tophat`; ``mode="auto"`` decides this one image's polarity with
+        :func:`decide_polarity` (the plate rule decides once per plate instead).
     percentiles : (float, float)
         Low/high percentiles of the top-hat mapped to 0 and 1.
 
@@ -390,6 +391,11 @@ def correct_illumination(
     ndarray of float32
         Corrected image in [0, 1].
     """
+    if mode == "auto":
+        mode, stat, uncertain = decide_polarity([image], radius_px, method=method)
+        (log.warning if uncertain else log.info)(
+            "polarity statistic %.3f -> mode %s%s", stat, mode, " (uncertain)" if uncertain else ""
+        )
     th = tophat(image, radius_px, mode=mode, method=method)
     return normalize_percentile(th, *percentiles)
 
