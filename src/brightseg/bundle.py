@@ -46,6 +46,7 @@ import pandas as pd
 from . import __version__
 from .config import InferenceConfig
 from .ensemble import Ensemble, read_ensemble
+from .ensemble import _file_sha256 as _sha256_file
 from .errors import InputError
 from .io import atomic_path, write_text
 
@@ -67,14 +68,6 @@ BUNDLE_KEYS: dict[str, tuple[str, ...]] = {
 #: Largest member (bytes) and member count an archive may have (checked from its index).
 MAX_MEMBER_BYTES = 4 << 30
 MAX_MEMBERS = 1000
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def content_hash(root: str | os.PathLike, manifest: Mapping) -> str:
