@@ -84,8 +84,10 @@ def test_one_sample_small_sample_against_scipy():
     assert r["beta_ci95_low"] == pytest.approx(st.beta.ppf(0.025, 4, 4))
     assert r["threshold"] == 0.86
     assert S.one_sample_report(x, baseline=0.8)["threshold"] == 0.8
-    with pytest.raises(ValueError, match="at least 2"):
-        S.one_sample_report([0.5], baseline=0.1)
+    with pytest.raises(ValueError, match="at least 1"):
+        S.one_sample_report([], baseline=0.1)
+    one = S.one_sample_report([0.5], baseline=0.1)
+    assert one["n"] == 1 and math.isnan(one["p_value"]) and math.isnan(one["ci95_low"])
 
 
 def test_paired_comparison_against_scipy():
@@ -164,10 +166,17 @@ def test_stats_from_file_bad_input(tmp_path):
     r = S.stats_from_file(nan, "f1", 0.5, out_json=tmp_path / "o.json", nan_policy="drop")
     assert r["n"] == 3 and r["n_dropped"] == 1
     assert json.loads((tmp_path / "o.json").read_text())["n_dropped"] == 1
-    one = write_scores(tmp_path / "one.csv", np.array([0.8]))
-    with pytest.raises(InputError, match=r"one\.csv.*need >= 2"):
-        S.stats_from_file(one, "f1", 0.5, out_json=tmp_path / "x.json")
+    none = write_scores(tmp_path / "none.csv", np.array([np.nan]))
+    with pytest.raises(InputError, match=r"none\.csv.*no usable values"):
+        S.stats_from_file(none, "f1", 0.5, out_json=tmp_path / "x.json", nan_policy="drop")
     assert not (tmp_path / "x.json").exists()
+    # One held-out image (a small lab's split): a report, with the test undefined and why.
+    one = write_scores(tmp_path / "one.csv", np.array([0.8]))
+    r = S.stats_from_file(one, "f1", 0.5, out_json=tmp_path / "one.json", out_md=tmp_path / "o.md")
+    assert r["n"] == 1 and r["mean"] == 0.8 and r["beta_successes"] == 1
+    assert math.isnan(r["t"]) and math.isnan(r["cohens_d"]) and math.isnan(r["std"])
+    assert "only 1 value" in r["undefined_reason"]
+    assert json.loads((tmp_path / "one.json").read_text())["t"] is None
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"not a parquet file")
     with pytest.raises(InputError, match=r"bad\.parquet.*cannot read"):

@@ -87,7 +87,8 @@ def one_sample_report(
     Parameters
     ----------
     values : array-like
-        Per-image scores (finite, at least 2).
+        Per-image scores (finite, at least 1; with 1 value ``std`` and
+        everything derived from it are NaN, and ``undefined_reason`` says so).
     baseline : float
         The mean under H0.
     threshold : float, optional
@@ -114,17 +115,19 @@ def one_sample_report(
     """
 
     x = np.asarray(values, dtype=np.float64).ravel()
-    if x.size < 2:
-        raise ValueError(f"need at least 2 values, got {x.size}")
+    if x.size < 1:
+        raise ValueError("need at least 1 value, got 0")
     if not np.all(np.isfinite(x)):
         raise ValueError("values contain NaN or infinite numbers")
     threshold = float(baseline if threshold is None else threshold)
     n = int(x.size)
     mean = float(x.mean())
-    std = float(x.std(ddof=1))
+    std = float(x.std(ddof=1)) if n > 1 else math.nan
     df = n - 1
     undefined = _undefined_reason(x, mean, std)
-    if undefined:
+    if n == 1:
+        pass  # std, sem, t, p, the t interval and Cohen's d are NaN
+    elif undefined:
         # Rounding leaves a std of ~1e-17 for equal values, which would give a t of
         # 1e14 and a p of 1e-30: report the statistics as undefined instead.
         std = 0.0
@@ -167,6 +170,11 @@ def one_sample_report(
 
 def _undefined_reason(x: np.ndarray, mean: float, std: float) -> str | None:
     """Why the t statistic and Cohen's d are undefined for ``x``, or None."""
+    if x.size == 1:
+        return (
+            f"only 1 value ({x[0]:.6g}): the standard deviation, t statistic, p value and "
+            "Cohen's d need at least 2 (e.g. more held-out images)"
+        )
     if np.all(x == x[0]) or std <= 1e-12 * abs(mean):
         return (
             f"all {x.size} values are equal ({x[0]:.6g}): the standard deviation is 0, so "
@@ -299,8 +307,8 @@ def read_scores(
         values = values[~nan]
     if np.isinf(values).any():
         raise InputError(path, f"column {column!r} has infinite values")
-    if values.size < 2:
-        raise InputError(path, f"column {column!r} has {values.size} usable values; need >= 2")
+    if values.size < 1:
+        raise InputError(path, f"column {column!r} has no usable values")
     return values, n_dropped
 
 
