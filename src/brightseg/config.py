@@ -155,7 +155,14 @@ def _check(value: Any, schema: Mapping, where: str, source: str) -> None:
     if errors:
         err = errors[0]
         path = _join(where, ".".join(str(p) for p in err.absolute_path)) or "(top level)"
-        raise InputError(source or "config", f"config key '{path}': {err.message}")
+        message = err.message
+        if err.validator == "oneOf" and err.context:
+            # A number or a keyword: say what is wrong with the value as given (a number
+            # out of range, or a string that is not one of the keywords).
+            wrong_type = {e.relative_schema_path[0] for e in err.context if e.validator == "type"}
+            same_type = [e for e in err.context if e.relative_schema_path[0] not in wrong_type]
+            message = "; ".join(e.message for e in (same_type or err.context))
+        raise InputError(source or "config", f"config key '{path}': {message}")
 
 
 def _join(where: str, path: str) -> str:
@@ -354,9 +361,14 @@ class InferenceConfig(Block):
     overlap: int
     batch_size: int
     vote: str
-    threshold: float
+    threshold: float | str
     tta: bool
     precision: str
+
+    @property
+    def validation_threshold(self) -> bool:
+        """``threshold: validation``: chosen on the validation patches (``threshold.json``)."""
+        return self.threshold == "validation"
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,7 @@ import pandas as pd
 
 from .config import InferenceConfig
 from .errors import InputError
+from .metrics import choose_threshold
 from .progress import progress
 from .tiling import (
     _axis_positions,
@@ -793,6 +794,62 @@ def resolve_tile(models: Sequence[Any], requested: int | None, where: str = "ens
     return int(requested)
 
 
+THRESHOLD_FILE = "threshold.json"
+"""Written beside ``ensemble.tsv`` by the ``choose_threshold`` rule."""
+
+
+def resolve_threshold(inference: InferenceConfig, ensemble_tsv: str | os.PathLike):
+    """``inference`` with ``threshold: validation`` replaced by the chosen number.
+
+    The number is ``threshold`` of :data:`THRESHOLD_FILE` beside ``ensemble_tsv`` (see
+    :func:`validation_threshold`); a numeric threshold is returned unchanged.
+    """
+    if not inference.validation_threshold:
+        return inference
+    path = Path(ensemble_tsv).with_name(THRESHOLD_FILE)
+    if not path.is_file():
+        raise InputError(
+            path,
+            "inference.threshold is 'validation' but the chosen threshold is missing "
+            "(made by the choose_threshold rule next to the ensemble.tsv)",
+        )
+    try:
+        value = float(json.loads(path.read_text())["threshold"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(path, f"no numeric 'threshold' ({type(exc).__name__}: {exc})") from None
+    if not 0.0 <= value < 1.0:
+        raise InputError(path, f"threshold {value} is outside [0, 1)")
+    return inference.replace(threshold=value)
+
+
+def validation_threshold(ensemble: Ensemble, images, masks) -> dict:
+    """The vote threshold that maximises the ensemble's pooled Dice on validation patches.
+
+    Parameters
+    ----------
+    ensemble : Ensemble
+        Its vote (mean probability, or share of models above 0.5 for ``majority``) is
+        what is thresholded.
+    images : sequence of ndarray
+        Validation images as the models see them (float32 in [0, 1], H x W).
+    masks : sequence of ndarray
+        Their ground truth (non-zero = foreground).
+
+    Returns
+    -------
+    dict
+        :func:`brightseg.metrics.choose_threshold`'s ``threshold``, ``dice`` and
+        ``dice_at_0.5``, with ``n_patches`` and ``vote``.
+    """
+    votes = []
+    for image in progress(images, total=len(images), desc="choose_threshold"):
+        probs, prob, _ = ensemble.predict(np.asarray(image, np.float32))
+        majority = ensemble.inference.vote == "majority"
+        votes.append((probs > 0.5).mean(axis=0, dtype=np.float32) if majority else prob)
+    out = choose_threshold(votes, list(masks))
+    return {**out, "n_patches": len(votes), "vote": ensemble.inference.vote}
+
+
 def _file_sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -848,7 +905,7 @@ class Ensemble:
 
         from . import models as zoo
 
-        inference = InferenceConfig.coerce(inference)
+        inference = resolve_threshold(InferenceConfig.coerce(inference), ensemble_tsv)
         table = read_ensemble(ensemble_tsv)
         previous = keras.config.dtype_policy()
         zoo.set_precision(inference.precision)

@@ -154,6 +154,13 @@ MODEL_RUNS = pd.DataFrame(
 # is a param of the rules that use it, so a new bundle reruns exactly those).
 ENSEMBLE_SOURCE = BUNDLE or "results/models/ensemble.tsv"
 ENSEMBLE_ID = BUNDLE_SHA256 if BUNDLE else "trained"
+# inference.threshold: validation -> chosen by rule choose_threshold beside ensemble.tsv; a
+# bundle records the number it was chosen as.
+THRESHOLD_JSON = (
+    "results/models/threshold.json"
+    if CFG.inference.validation_threshold and not BUNDLE
+    else []
+)
 _train_px = {float(PLATES.loc[p, "pixel_size_um"]) for p in TRAINING}
 TRAINING_PIXEL_SIZE = _train_px.pop() if len(_train_px) == 1 else None
 
@@ -285,6 +292,7 @@ def evalset_compare_input(wildcards):
     data = [EVALSET_SYNTH_DIR] if spec["synth"] else [spec["images"], spec["masks"]]
     return {
         "ensemble": ENSEMBLE_SOURCE,
+        "threshold": THRESHOLD_JSON,
         "data": data,
         "baselines": list(spec["baselines"].values()),
     }

@@ -4,6 +4,7 @@
 rule evaluate:
     input:
         ensemble=ENSEMBLE_SOURCE,
+        threshold=THRESHOLD_JSON,
         training="results/training/manifest.parquet",
         stores=expand("results/plates/{plate}.ome.zarr", plate=ANNOTATED),
         annotations=expand(
@@ -90,6 +91,7 @@ rule livecell_import:
 rule livecell_predict:
     input:
         ensemble=ENSEMBLE_SOURCE,
+        threshold=THRESHOLD_JSON,
         index="results/livecell/index.parquet",
     output:
         per_image="results/tables/livecell/per_image.parquet",

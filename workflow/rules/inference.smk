@@ -5,6 +5,7 @@ rule predict:
     input:
         store="results/plates/{plate}.ome.zarr",
         ensemble=ENSEMBLE_SOURCE,
+        threshold=THRESHOLD_JSON,
     output:
         labels=directory("results/predictions/{plate}.zarr"),
         summary="results/predictions/{plate}.tsv",

@@ -118,9 +118,30 @@ rule select_checkpoints:
         "../../scripts/select_checkpoints.py"
 
 
+rule choose_threshold:
+    input:
+        ensemble="results/models/ensemble.tsv",
+        checkpoints=run_outputs("checkpoints"),
+        store="results/training/patches.zarr",
+        manifest="results/training/manifest.parquet",
+    output:
+        "results/models/threshold.json",
+    log:
+        "logs/choose_threshold.log",
+    benchmark:
+        "benchmarks/choose_threshold.tsv"
+    conda:
+        "../../envs/tensorflow.yaml"
+    params:
+        inference=CFG.inference.subset(("tile", "overlap", "batch_size", "vote", "tta")),
+    script:
+        "../../scripts/choose_threshold.py"
+
+
 rule bundle:
     input:
         ensemble="results/models/ensemble.tsv",
+        threshold=THRESHOLD_JSON,
         checkpoints=run_outputs("checkpoints"),
         manifest="results/training/manifest.parquet",
         split_summary="results/training/split_summary.tsv",

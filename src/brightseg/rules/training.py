@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -11,8 +12,10 @@ import pandas as pd
 
 from ..annotations.maskfolder import group_by_source, patch_set_training_pairs, resolve_patch_sets
 from ..augment import build_training_store, make_gallery, open_training_store
-from ..bundle import training_summary, write_bundle
+from ..bundle import load_ensemble, training_summary, write_bundle
 from ..config import EnsembleConfig, InferenceConfig, ModelSpec, TrainingConfig
+from ..ensemble import resolve_threshold, validation_threshold
+from ..errors import InputError
 from ..io import read_image, write_parquet, write_text
 from ..platestore import open_plate
 from ..selection import read_histories, write_ensemble_tsv
@@ -176,6 +179,37 @@ def select_checkpoints(
     write_ensemble_tsv(sel, out_tsv)
 
 
+def choose_threshold(
+    ensemble_tsv: str, store: str, manifest: str, out_json: str, *, inference: dict
+) -> dict:
+    """Rule ``choose_threshold``: the vote threshold that maximises the ensemble's pooled
+    Dice on the validation split's un-augmented patches (variant 0; every validation
+    sample where the manifest has no variants), written to ``threshold.json``."""
+    inf = InferenceConfig.coerce(inference).replace(threshold=0.5)
+    df = pd.read_parquet(manifest)
+    val = df[df["split"] == "val"]
+    if "variant" in val and (val["variant"] == 0).any():
+        val = val[val["variant"] == 0]
+    if val.empty:
+        raise InputError(manifest, "no validation patches to choose the threshold on")
+    images, masks = open_training_store(store)
+    index = val["index"].sort_values().to_numpy()
+    # the store's three channels are the corrected grey image (equal for variant 0)
+    x = images.oindex[index][..., 0].astype("float32") / 255.0
+    y = masks.oindex[index]
+    ens = load_ensemble(ensemble_tsv, inf)
+    chosen = validation_threshold(ens, list(x), list(y))
+    log.info(
+        "threshold %.2f chosen on %d validation patches: pooled Dice %.4f (%.4f at 0.5)",
+        chosen["threshold"],
+        chosen["n_patches"],
+        chosen["dice"],
+        chosen["dice_at_0.5"],
+    )
+    write_text(json.dumps({**chosen, "chosen_on": "validation"}, indent=2) + "\n", out_json)
+    return chosen
+
+
 def bundle(
     ensemble_tsv: str,
     manifest: str,
@@ -197,7 +231,7 @@ def bundle(
     models' input size (the training patch size); ``pixel_size_um`` the training images'
     pixel size where they share one (None otherwise).  See :mod:`brightseg.bundle`.
     """
-    inf = InferenceConfig.coerce(inference)
+    inf = resolve_threshold(InferenceConfig.coerce(inference), ensemble_tsv)
     summary = training_summary([manifest], split_summary, seed=seed, training=training)
     write_bundle(
         ensemble_tsv,
