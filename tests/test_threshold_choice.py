@@ -72,6 +72,20 @@ def test_validation_threshold_of_an_under_confident_ensemble():
     assert 0.0 < maj["threshold"] < 0.5 and maj["dice"] == 1.0
 
 
+def test_a_configured_threshold_is_recorded_with_its_dice_and_the_best_one():
+    from brightseg.ensemble import validation_threshold
+
+    images, masks = _patches()
+    got = validation_threshold(_FakeEnsemble(), images, masks, fixed=0.6)
+    # the number in force is the configured one: nothing is above 0.6, so its Dice is 0
+    assert got["threshold"] == 0.6 and got["chosen_on"] == "config" and got["dice"] == 0.0
+    assert 0.1 <= got["best_threshold"] <= 0.45 and got["best_dice"] == 1.0
+    at_low = validation_threshold(_FakeEnsemble(), images, masks, fixed=0.2)
+    assert at_low["dice"] == 1.0 and at_low["threshold"] == 0.2
+    chosen = validation_threshold(_FakeEnsemble(), images, masks)
+    assert chosen["chosen_on"] == "validation" and chosen["threshold"] == chosen["best_threshold"]
+
+
 def test_resolve_threshold_reads_the_file_beside_the_ensemble(tmp_path):
     import json
 

@@ -822,7 +822,7 @@ def resolve_threshold(inference: InferenceConfig, ensemble_tsv: str | os.PathLik
     return inference.replace(threshold=value)
 
 
-def validation_threshold(ensemble: Ensemble, images, masks) -> dict:
+def validation_threshold(ensemble: Ensemble, images, masks, *, fixed: float | None = None) -> dict:
     """The vote threshold that maximises the ensemble's pooled Dice on validation patches.
 
     Parameters
@@ -834,19 +834,34 @@ def validation_threshold(ensemble: Ensemble, images, masks) -> dict:
         Validation images as the models see them (float32 in [0, 1], H x W).
     masks : sequence of ndarray
         Their ground truth (non-zero = foreground).
+    fixed : float, optional
+        A threshold set in the config: it is the one returned (``chosen_on: config``), with
+        its pooled Dice; the best one is still reported beside it.
 
     Returns
     -------
     dict
-        :func:`brightseg.metrics.choose_threshold`'s ``threshold``, ``dice`` and
-        ``dice_at_0.5``, with ``n_patches`` and ``vote``.
+        ``threshold`` and its pooled ``dice``, ``chosen_on`` (``validation`` or ``config``),
+        ``best_threshold`` and ``best_dice`` (:func:`brightseg.metrics.choose_threshold`),
+        ``dice_at_0.5``, ``n_patches`` and ``vote``.
     """
     votes = []
     for image in progress(images, total=len(images), desc="choose_threshold"):
         probs, prob, _ = ensemble.predict(np.asarray(image, np.float32))
         majority = ensemble.inference.vote == "majority"
         votes.append((probs > 0.5).mean(axis=0, dtype=np.float32) if majority else prob)
-    out = choose_threshold(votes, list(masks))
+    best = choose_threshold(votes, list(masks))
+    out = {**best, "chosen_on": "validation"}
+    if fixed is not None:
+        tp = fp = fn = 0
+        for vote, mask in zip(votes, masks, strict=True):
+            pred, truth = vote > fixed, np.asarray(mask) != 0
+            tp += int(np.count_nonzero(pred & truth))
+            fp += int(np.count_nonzero(pred & ~truth))
+            fn += int(np.count_nonzero(~pred & truth))
+        dice = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+        out = {**best, "threshold": float(fixed), "dice": dice, "chosen_on": "config"}
+    out.update(best_threshold=best["threshold"], best_dice=best["dice"])
     return {**out, "n_patches": len(votes), "vote": ensemble.inference.vote}
 
 

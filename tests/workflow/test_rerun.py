@@ -36,9 +36,15 @@ INFERENCE_DOWNSTREAM = {
 }
 CHANGES = [
     # (config block, key, new value, rules that must rerun (others must not))
-    # the bundle records the threshold and its members
-    ("inference", "threshold", 0.6, INFERENCE_DOWNSTREAM | {"bundle"}),
-    ("ensemble", "top_k", 3, INFERENCE_DOWNSTREAM | {"select_checkpoints", "bundle"}),
+    # the bundle records the threshold and its members; threshold.json records the threshold
+    # in force (validation -> 0.6: no stale chosen value is left beside the ensemble)
+    ("inference", "threshold", 0.6, INFERENCE_DOWNSTREAM | {"choose_threshold", "bundle"}),
+    (
+        "ensemble",
+        "top_k",
+        3,
+        INFERENCE_DOWNSTREAM | {"select_checkpoints", "choose_threshold", "bundle"},
+    ),
     # the watershed does not change the predictions or the evaluation sets (pixel masks)
     # (the bundle records the watershed settings as the defaults of predict-only runs)
     ("instances", "h_um", 0.8, INFERENCE_DOWNSTREAM - {"predict", "evalset_compare"} | {"bundle"}),

@@ -133,7 +133,9 @@ rule choose_threshold:
     conda:
         "../../envs/tensorflow.yaml"
     params:
-        inference=CFG.inference.subset(("tile", "overlap", "batch_size", "vote", "tta")),
+        inference=CFG.inference.subset(
+            ("tile", "overlap", "batch_size", "vote", "tta", "threshold")
+        ),
     script:
         "../../scripts/choose_threshold.py"
 

@@ -182,9 +182,16 @@ def select_checkpoints(
 def choose_threshold(
     ensemble_tsv: str, store: str, manifest: str, out_json: str, *, inference: dict
 ) -> dict:
-    """Rule ``choose_threshold``: the vote threshold that maximises the ensemble's pooled
-    Dice on the validation split's un-augmented patches (variant 0; every validation
-    sample where the manifest has no variants), written to ``threshold.json``."""
+    """Rule ``choose_threshold``: the vote threshold of the trained ensemble, in ``threshold.json``.
+
+    With ``inference.threshold: validation`` it is the threshold that maximises the
+    ensemble's pooled Dice on the validation split's un-augmented patches (variant 0; every
+    validation sample where the manifest has no variants).  With a number, that number is
+    recorded (``chosen_on: config``) with its pooled validation Dice, beside the threshold
+    validation would have chosen (``best_threshold``, ``best_dice``): the file always says
+    which threshold the predictions used, so a changed setting leaves no stale file behind.
+    """
+    configured = InferenceConfig.coerce(inference).threshold
     inf = InferenceConfig.coerce(inference).replace(threshold=0.5)
     df = pd.read_parquet(manifest)
     val = df[df["split"] == "val"]
@@ -198,15 +205,20 @@ def choose_threshold(
     x = images.oindex[index][..., 0].astype("float32") / 255.0
     y = masks.oindex[index]
     ens = load_ensemble(ensemble_tsv, inf)
-    chosen = validation_threshold(ens, list(x), list(y))
+    fixed = None if configured == "validation" else float(configured)
+    chosen = validation_threshold(ens, list(x), list(y), fixed=fixed)
     log.info(
-        "threshold %.2f chosen on %d validation patches: pooled Dice %.4f (%.4f at 0.5)",
+        "threshold %.2f (%s) on %d validation patches: pooled Dice %.4f (%.4f at 0.5; "
+        "best %.2f: %.4f)",
         chosen["threshold"],
+        chosen["chosen_on"],
         chosen["n_patches"],
         chosen["dice"],
         chosen["dice_at_0.5"],
+        chosen["best_threshold"],
+        chosen["best_dice"],
     )
-    write_text(json.dumps({**chosen, "chosen_on": "validation"}, indent=2) + "\n", out_json)
+    write_text(json.dumps(chosen, indent=2) + "\n", out_json)
     return chosen
 
 
