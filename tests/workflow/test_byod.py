@@ -32,17 +32,17 @@ def test_demo_evaluation_set_tables_and_figures(demo_run):
     ens = pd.read_csv(demo_run / "results/models/ensemble.tsv", sep="\t")
     assert len(checkpoints) == len(ens)  # every selected checkpoint alone
     images = sorted(set(per_image["image"]))
-    assert images == ["eval_000", "eval_001", "eval_002"]
+    assert images == [f"eval_{i:03d}" for i in range(6)]
     assert set(per_image["metric"]) == {
         "dice", "iou", "ssim", "accuracy", "precision", "recall", "f1", "hausdorff", "hd95"
     }  # fmt: skip
     assert len(per_image) == len(images) * len(methods) * 9
     f1 = per_image[per_image["metric"] == "f1"].groupby("method")["value"].mean()
-    # Real segmentations, not noise. The tiny demo models are weak and their training is
-    # deterministic per machine but not across CPUs: the ensemble scored F1 0.27 on one
-    # machine and 0.18 on another (the best single checkpoint 0.37); an empty or broken
-    # prediction scores 0. Beating Otsu (0.65) is issue 12.
-    assert f1["otsu"] > 0.3 and f1["ensemble"] > 0.1
+    # The method's value, even with the demo's tiny models (12 epochs, threshold chosen on
+    # validation): the ensemble ahead of the classical baseline (F1 0.869 against Otsu's 0.626
+    # on the 6 images when this was written; training is deterministic per machine, not
+    # across CPUs, hence no tighter bound).
+    assert f1["otsu"] > 0.3 and f1["ensemble"] > f1["otsu"], f1.to_dict()
 
     table2 = (tables / "table2.md").read_text().splitlines()
     assert table2[0].startswith("| set | method | dice | iou |")
@@ -51,7 +51,9 @@ def test_demo_evaluation_set_tables_and_figures(demo_run):
     paired = pd.read_parquet(tables / "paired.parquet")
     assert paired["baseline"].unique().tolist() == ["otsu"]
     assert {"f1", "dice", "iou", "hd95"} == set(paired["metric"])
-    assert paired["n"].eq(3).all() and paired["p_value"].notna().all()
+    assert paired["n"].eq(6).all() and paired["p_value"].notna().all()
+    ahead = paired.set_index("metric")["mean_diff"]
+    assert ahead["f1"] > 0 and ahead["dice"] > 0 and ahead["hd95"] < 0, ahead.to_dict()
     assert "| ensemble | otsu | f1 |" in (tables / "paired.md").read_text()
     summary = pd.read_parquet(tables / "summary.parquet")
     assert set(summary["method"]) == methods
