@@ -18,10 +18,12 @@ from brightseg.train import (
     HISTORY_COLUMNS,
     ConfusionMetric,
     PatchData,
+    _MiningCallback,
     _Sampler,
     make_dataset,
     mining_weights,
     train_model,
+    validation_order,
 )
 
 
@@ -159,6 +161,94 @@ def test_sampler_and_dataset(tmp_path):
     assert x.shape == (4, 32, 32, 3) and y.shape == (4, 32, 32, 1)
     np.testing.assert_allclose(x.numpy()[:, :, :, 0], grey[e0[0, :, 0]] / 255.0, rtol=1e-6)
     s1.close()
+
+
+def test_validation_order_is_stratified_originals_first_and_seeded():
+    rows = []
+    for src, n_patches in (("a", 3), ("b", 1), ("c", 2)):
+        for patch in range(n_patches):
+            for variant in range(3):
+                rows.append({"source_image": src, "patch": patch, "variant": variant})
+    df = pd.DataFrame(rows).assign(index=lambda d: np.arange(len(d)), split="val")
+    df = pd.concat([df, pd.DataFrame({"index": [99], "split": ["train"], "variant": [0]})])
+    order = validation_order(df, seed=3)
+    by_index = df.set_index("index")
+    assert sorted(order) == sorted(df.loc[df["split"] == "val", "index"])  # each val patch once
+    variants = by_index.loc[order, "variant"].to_numpy()
+    assert (variants[:6] == 0).all() and (variants[6:] != 0).all()  # originals first
+    # the first three batches of one: one original of each source (not three of source a)
+    assert set(by_index.loc[order[:3], "source_image"]) == {"a", "b", "c"}
+    np.testing.assert_array_equal(order, validation_order(df, seed=3))
+    assert not np.array_equal(order, validation_order(df, seed=4))
+    # without variant/source columns: every validation patch, in a seeded order
+    plain = pd.DataFrame({"index": np.arange(5), "split": ["val"] * 5})
+    assert sorted(validation_order(plain, seed=0)) == list(range(5))
+
+
+def test_mining_budget_scores_a_seeded_subset_and_keeps_the_other_losses(tmp_path):
+    store, manifest, _, _ = make_store(tmp_path)  # 9 training patches
+    data = PatchData(store, manifest)
+    sampler = _Sampler(data, 2, 1, 32, seed=0, wait=True)
+    calls = []
+
+    def loss_fn(y, p):  # per-sample loss: the mean target, so each patch has its own value
+        calls.append(len(y))
+        return np.asarray(y).reshape(len(y), -1).mean(axis=1)
+
+    class _Model:
+        def predict_on_batch(self, x):
+            return np.zeros(x.shape[:3] + (1,), np.float32)
+
+    cb = _MiningCallback(data, sampler, loss_fn, 32, 2, {}, budget=4, seed=5)
+    cb.set_model(_Model())
+    first = cb.scored_positions(0)
+    assert first.size == 4 and len(set(first)) == 4
+    np.testing.assert_array_equal(first, cb.scored_positions(0))  # seeded
+    cb.on_epoch_end(0)
+    assert sum(calls) == 4  # the budget, not every patch
+    assert np.isfinite(cb.losses).sum() == 4 and cb.last_weights.size == 9
+    cb.on_epoch_end(1)
+    assert np.isfinite(cb.losses).sum() >= 4 and sum(calls) == 8
+    assert 1 in sampler.weights and 2 in sampler.weights
+    everyone = _MiningCallback(data, sampler, loss_fn, 32, 2, {}, budget=None)
+    assert everyone.scored_positions(0).size == 9
+    sampler.close()
+
+
+def test_loss_kwargs_reach_the_loss_and_bad_ones_are_input_errors():
+    from brightseg.losses import get_loss
+
+    assert get_loss("bce_dice", fg_weight=1.0).fg_weight == 1.0
+    with pytest.raises(InputError, match="bad loss_kwargs"):
+        get_loss("bce_dice", fg_wieght=1.0)
+
+
+def test_class_weighted_bce_inflates_probabilities():
+    """Why the 10:1 BCE of the paper marks too much foreground (issue 12).
+
+    For pixels that are foreground with frequency q, the constant prediction p minimising
+    w q (-log p) + (1 - q) (-log(1 - p)) is w q / (w q + 1 - q): q = 0.1 (a faint halo, a
+    gap between cells) gives 0.53 with w = 10 (above 0.5: marked as cell) and 0.1 with w = 1.
+    """
+    from brightseg.losses import bce_dice_per_sample
+
+    q = 0.1
+    y = np.zeros((1, 10, 10, 1), np.float32)
+    y.reshape(-1)[:10] = 1.0  # 10 % foreground
+    grid = np.linspace(0.01, 0.99, 99)
+
+    def best_p(w):
+        # the Dice term is the same for both weights; compare the BCE parts alone
+        losses = [
+            float(bce_dice_per_sample(y, np.full_like(y, p), fg_weight=w)[0])
+            - float(bce_dice_per_sample(y, np.full_like(y, p), fg_weight=0.0, bg_weight=0.0)[0])
+            for p in grid
+        ]
+        return grid[int(np.argmin(losses))]
+
+    assert best_p(10.0) == pytest.approx(10 * q / (10 * q + 1 - q), abs=0.011)
+    assert best_p(10.0) > 0.5
+    assert best_p(1.0) == pytest.approx(q, abs=0.011)
 
 
 # --------------------------------------------------------------------------- end to end

@@ -296,6 +296,7 @@ class TrainingConfig(Block):
     precision: str
     encoder_weights: str
     deterministic: bool
+    mining_budget: int | None = None
     patch_sets: tuple = ()
 
     #: The keys that change the augmented training store (the ``augment`` rule's params).
@@ -320,6 +321,7 @@ class TrainingConfig(Block):
         "precision",
         "encoder_weights",
         "deterministic",
+        "mining_budget",
     )
 
 
@@ -334,6 +336,7 @@ class ModelSpec(Block):
     hard_mining: bool
     encoder_weights: str | None
     model_kwargs: dict
+    loss_kwargs: dict
 
     @classmethod
     def from_dict(cls, value: Mapping | None, *, source: str = "") -> ModelSpec:

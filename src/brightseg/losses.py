@@ -174,7 +174,10 @@ def get_loss(
 
     if name not in LOSSES:
         raise InputError(None, f"unknown loss {name!r}; expected one of {sorted(LOSSES)}")
-    return LOSSES[name](reduction="none" if reduction is None else reduction, **kwargs)
+    try:
+        return LOSSES[name](reduction="none" if reduction is None else reduction, **kwargs)
+    except TypeError as exc:
+        raise InputError(None, f"loss {name!r}: bad loss_kwargs {kwargs!r} ({exc})") from None
 
 
 def bce_dice(y_true, y_pred):

@@ -75,6 +75,7 @@ __all__ = [
     "mining_weights",
     "open_patches",
     "train_model",
+    "validation_order",
 ]
 
 METRICS = ("f1", "iou", "precision", "recall", "accuracy")
@@ -374,8 +375,52 @@ class _Sampler:
             epoch += 1
 
 
-def _val_specs(data: PatchData, batch: int, size: int, steps: int | None) -> np.ndarray:
-    idx = data.val_index
+def validation_order(manifest: pd.DataFrame, seed: int) -> np.ndarray:
+    """Store indices of the validation patches, in the order validation takes them.
+
+    The un-augmented originals (``variant`` 0) come first, then the augmented variants;
+    within each tier the sources take turns (round-robin over a seeded order of the
+    ``source_image`` values, each source's patches in a seeded order).  So ``val_steps``
+    batches are a seeded subset stratified across every validation source, originals
+    first, instead of a prefix (all variants of the first few patches of one source).
+
+    Parameters
+    ----------
+    manifest : pandas.DataFrame
+        The training manifest (``index``, ``split``; ``variant`` and ``source_image`` are
+        used where present).
+    seed : int
+
+    Returns
+    -------
+    ndarray of int64
+    """
+    val = manifest[manifest["split"] == "val"].sort_values("index", kind="stable")
+    if val.empty:
+        return np.zeros(0, np.int64)
+    rng = np.random.default_rng([seed, 7])
+    source = val["source_image"].astype(str) if "source_image" in val else pd.Series("", val.index)
+    sources = np.array(sorted(source.unique()))
+    source_rank = dict(
+        zip(sources[rng.permutation(sources.size)], range(sources.size), strict=True)
+    )
+    tier = (val["variant"] != 0).astype(int) if "variant" in val else pd.Series(0, val.index)
+    key = pd.DataFrame(
+        {
+            "index": val["index"].to_numpy(np.int64),
+            "tier": tier.to_numpy(),
+            "source": source.map(source_rank).to_numpy(),
+            "shuffle": rng.permutation(len(val)),
+        }
+    )
+    # turn within (tier, source): the patch's place in its source's seeded order
+    key["turn"] = key.sort_values("shuffle").groupby(["tier", "source"]).cumcount()
+    key = key.sort_values(["tier", "turn", "source"], kind="stable")
+    return key["index"].to_numpy(np.int64)
+
+
+def _val_specs(data: PatchData, batch: int, size: int, steps: int | None, seed: int) -> list:
+    idx = validation_order(data.df, seed)
     nb = math.ceil(idx.size / batch)
     if steps is not None:
         nb = min(nb, steps)
@@ -556,18 +601,45 @@ class _ScalarLogger(keras.callbacks.Callback):
 
 
 class _MiningCallback(keras.callbacks.Callback):
-    """Scores every training patch after each epoch and sets the next weights."""
+    """Scores the training patches after each epoch and sets the next epoch's weights.
 
-    def __init__(self, data: PatchData, sampler: _Sampler, loss_name, size, batch, mining_kw):
+    ``budget`` (``training.mining_budget``): at most that many patches are scored per
+    epoch, a seeded random subset; the others keep the loss of their last scoring (the mean
+    of the scored ones until then).  None: every patch, every epoch.
+    """
+
+    def __init__(
+        self,
+        data: PatchData,
+        sampler: _Sampler,
+        loss_fn,
+        size,
+        batch,
+        mining_kw,
+        *,
+        budget: int | None = None,
+        seed: int = 0,
+    ):
         super().__init__()
 
         self.data, self.sampler, self.size, self.batch = data, sampler, size, batch
-        self.loss_fn = get_loss(loss_name, reduction="none")
+        self.loss_fn = loss_fn
         self.kw = mining_kw
+        self.budget, self.seed = budget, seed
+        self.losses = np.full(data.train_index.size, np.nan)
         self.last_weights: np.ndarray | None = None
 
+    def scored_positions(self, epoch: int) -> np.ndarray:
+        """Positions in ``train_index`` scored after ``epoch`` (sorted)."""
+        n = self.data.train_index.size
+        if self.budget is None or self.budget >= n:
+            return np.arange(n)
+        rng = np.random.default_rng([self.seed, epoch, 11])
+        return np.sort(rng.choice(n, size=self.budget, replace=False))
+
     def on_epoch_end(self, epoch, logs=None):
-        idx = self.data.train_index
+        pos = self.scored_positions(epoch)
+        idx = self.data.train_index[pos]
         off = (self.data.patch_size - self.size) // 2
         losses = []
         for start in range(0, idx.size, self.batch):
@@ -575,13 +647,18 @@ class _MiningCallback(keras.callbacks.Callback):
             x, y = self.data.read(np.column_stack([b, np.full((b.size, 2), off)]), self.size)
             p = self.model.predict_on_batch(x)
             losses.append(np.asarray(self.loss_fn(y, p), dtype=np.float64))
-        losses = np.concatenate(losses)
-        w = mining_weights(losses, self.data.train_fg, **self.kw)
+        scored = np.concatenate(losses)
+        self.losses[pos] = scored
+        current = np.where(np.isnan(self.losses), scored.mean(), self.losses)
+        w = mining_weights(current, self.data.train_fg, **self.kw)
         self.last_weights = w
         log.info(
-            "hard-example mining: loss mean %.4f max %.4f; max/min sampling weight ratio %.2f",
-            losses.mean(),
-            losses.max(),
+            "hard-example mining: %d of %d patches scored, loss mean %.4f max %.4f; "
+            "max/min sampling weight ratio %.2f",
+            pos.size,
+            current.size,
+            scored.mean(),
+            scored.max(),
             w.max() / max(w.min(), 1e-300),
         )
         self.sampler.set_weights(epoch + 1, w)
@@ -647,7 +724,8 @@ def train_model(
         ``hard_mining`` (loss-driven resampling each epoch, see :func:`mining_weights`;
         ``mining_kwargs`` are passed to it), ``encoder_weights`` (``none``, ``imagenet`` or
         a path; default the training block's; resolved before any data is read, so
-        missing ImageNet weights fail first) and ``model_kwargs`` (builder arguments).
+        missing ImageNet weights fail first), ``model_kwargs`` (builder arguments) and
+        ``loss_kwargs`` (loss arguments, e.g. ``bce_dice``'s ``fg_weight``).
     training : TrainingConfig or mapping
         The ``training`` block (defaults from the config schema).  Adam with staircase
         exponential decay (``learning_rate``, ``decay_steps``, ``decay_rate``); early
@@ -686,6 +764,8 @@ def train_model(
     architecture, loss, hard_mining = spec.architecture, spec.loss, spec.hard_mining
     encoder_weights = spec.encoder_weights or cfg.encoder_weights
     model_kwargs = dict(spec.model_kwargs)
+    loss_kwargs = dict(spec.loss_kwargs)
+    get_loss(loss, **loss_kwargs)  # bad loss_kwargs fail before any data is read
     epochs, batch_size, lr = cfg.epochs, cfg.batch_size, cfg.learning_rate
     decay_steps, decay_rate, patience = cfg.decay_steps, cfg.decay_rate, cfg.patience
     deterministic, precision = cfg.deterministic, cfg.precision
@@ -713,8 +793,10 @@ def train_model(
         "encoder_weights": os.fspath(encoder_weights),
         "steps_per_epoch": steps_per_epoch,
         "val_steps": val_steps,
+        "mining_budget": cfg.mining_budget,
         "input_size": input_size,
         "model_kwargs": model_kwargs or {},
+        "loss_kwargs": loss_kwargs,
         "mining_kwargs": mining_kwargs or {},
     }
     keras.utils.set_random_seed(seed)
@@ -752,19 +834,28 @@ def train_model(
         )
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate=schedule),
-            loss=get_loss(loss),
+            loss=get_loss(loss, **loss_kwargs),
             metrics=[ConfusionMetric(m) for m in METRICS],
             run_eagerly=run_eagerly,
         )
         sampler = _Sampler(data, batch_size, steps, size, seed, wait=hard_mining)
         train_ds = make_dataset(data, sampler, size)
-        val_batches = _val_specs(data, batch_size, size, val_steps)
+        val_batches = _val_specs(data, batch_size, size, val_steps, seed)
         val_ds = make_dataset(data, lambda: iter(val_batches), size, len(val_batches))
         epoch_cb = _EpochCallback(out_dir, ckpt_dir, epochs, label)
         callbacks = []
         if hard_mining:
             callbacks.append(
-                _MiningCallback(data, sampler, loss, size, batch_size, mining_kwargs or {})
+                _MiningCallback(
+                    data,
+                    sampler,
+                    get_loss(loss, reduction=None, **loss_kwargs),
+                    size,
+                    batch_size,
+                    mining_kwargs or {},
+                    budget=cfg.mining_budget,
+                    seed=seed,
+                )
             )
         callbacks.append(epoch_cb)
         stopper = None
