@@ -1,5 +1,6 @@
 """``brightseg cv`` end to end on tiny synthetic images (issue 12)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,40 @@ def test_cv_two_folds_tiny(tmp_path):
     assert last.startswith("dice=") and "f1_50=" in last and "folds=2" in last
     assert (out / "summary.json").is_file() and (out / "summary.md").is_file()
     assert (out / "fold_0" / "per_image.tsv").is_file()
+    # one fold alone (one cluster job per fold): the same fold, the same numbers
+    alone = tmp_path / "fold1"
+    r1 = CliRunner().invoke(
+        main,
+        [
+            "cv",
+            "--images",
+            str(tmp_path / "data" / "images"),
+            "--masks",
+            str(tmp_path / "data" / "masks"),
+            "--folds",
+            "2",
+            "--fold",
+            "1",
+            "--config",
+            str(cpath),
+            "--out",
+            str(alone),
+        ],
+    )
+    assert r1.exit_code == 0, r1.output + repr(r1.exception)
+    assert not (alone / "fold_0").exists() and (alone / "fold_1" / "per_image.tsv").is_file()
+
+    summary = json.loads((alone / "summary.json").read_text())
+    assert summary["folds_run"] == [1] and summary["folds"] == 2
+    both = json.loads((out / "summary.json").read_text())
+    assert both["folds_run"] == [0, 1]
+    bad = CliRunner().invoke(
+        main,
+        ["cv", "--images", str(tmp_path / "data" / "images"), "--masks",
+         str(tmp_path / "data" / "masks"), "--folds", "2", "--fold", "2", "--config", str(cpath),
+         "--out", str(tmp_path / "bad")],
+    )  # fmt: skip
+    assert bad.exit_code == 2 and "--fold must be in [0, 1]" in bad.output
 
 
 def test_cv_bad_input_names_file(tmp_path):

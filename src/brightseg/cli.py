@@ -386,15 +386,17 @@ def bench_dag_cmd(n_plates, workdir):
 @click.option("--minutes", default=None, type=float, help="Training budget per fold.")
 @click.option("--out", "out", default="results/cv", show_default=True)
 @click.option("--pixel-size-um", default=1.0, show_default=True, type=float)
+@click.option("--fold", "only", default=None, type=int, help="Run only this fold (0-based).")
 @_handle_errors
-def cv_cmd(images, masks, folds, config, minutes, out, pixel_size_um):
+def cv_cmd(images, masks, folds, config, minutes, out, pixel_size_um, only):
     """k-fold cross-validation (grouped by image) of a training recipe on images + masks.
 
     Ends with ``dice= precision= recall= f1_50= folds= minutes=`` (means over folds).
     """
     from .crossval import run_cv, summary_line
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    # progress per epoch and fold (the group option set WARNING unless --verbose)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     s = run_cv(
         images,
         masks,
@@ -403,6 +405,7 @@ def cv_cmd(images, masks, folds, config, minutes, out, pixel_size_um):
         folds=folds,
         minutes=minutes,
         pixel_size_um=pixel_size_um,
+        only=only,
     )
     click.echo(summary_line(s))
 
