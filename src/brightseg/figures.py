@@ -22,11 +22,13 @@ from typing import Any
 import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib import patheffects
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from .io import atomic_path, write_parquet
+from .scalebar import format_length, scale_bar_length_um
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,61 @@ OVERLAY_COLOURS = {
 PNG_METADATA = {"Software": None}
 SVG_METADATA = {"Date": None, "Creator": None}
 
+#: Micrometre, as axis labels and scale bars write it.
+UM = "µm"
+
+#: Scores bounded by [0, 1]: their axes start at 0 (and end just above 1).
+BOUNDED_METRICS = frozenset(
+    {
+        "dice",
+        "iou",
+        "f1",
+        "precision",
+        "recall",
+        "accuracy",
+        "ssim",
+        "circularity",
+        "convexity",
+        "solidity",
+        "eccentricity",
+    }
+)
+
+#: Axis labels of metrics and per-cell features, in words with their units.  The
+#: boundary distances of :mod:`brightseg.metrics` are in pixels; the per-cell table
+#: (:data:`brightseg.morphometry.CELL_SCHEMA`) has µm and px columns.
+AXIS_LABELS = {
+    "dice": "Dice",
+    "iou": "IoU",
+    "f1": "F1",
+    "precision": "precision",
+    "recall": "recall",
+    "accuracy": "accuracy",
+    "ssim": "SSIM",
+    "hd95": "HD95 (px)",
+    "hausdorff": "Hausdorff distance (px)",
+    "area_um2": f"area ({UM}²)",
+    "area_px": "area (px)",
+    "perimeter_um": f"perimeter ({UM})",
+    "perimeter_px": "perimeter (px)",
+    "major_axis_um": f"major axis ({UM})",
+    "minor_axis_um": f"minor axis ({UM})",
+    "aspect_ratio": "aspect ratio (major / minor axis)",
+    "circularity": "circularity (4πA / P², 1 = disk)",
+    "convexity": "convexity (hull perimeter / perimeter)",
+    "solidity": "solidity (area / convex area)",
+    "eccentricity": "eccentricity",
+    "orientation_deg": "orientation (°)",
+    "mean_intensity": "mean intensity (a.u.)",
+    "std_intensity": "intensity standard deviation (a.u.)",
+    "confluence_pct": "confluence (%)",
+    "median_area_um2": f"median cell area ({UM}²)",
+    "n_cells": "cells per image",
+}
+
+_PREFIXES = (("final_val_", "final validation "), ("final_train_", "final training "))
+_PREFIXES += (("val_", "validation "), ("train_", "training "))
+
 
 def _styled(func: Callable[..., Any]) -> Callable[..., Any]:
     """Build the figure under :data:`STYLE`."""
@@ -95,6 +152,102 @@ def _no_data(title: str, message: str):
     ax.set_title(title)
     ax.set_axis_off()
     return fig
+
+
+def axis_label(name: str) -> str:
+    """Words (and unit) for a metric or feature column: ``hd95`` -> ``HD95 (px)``,
+    ``val_f1`` -> ``validation F1``, ``area_um2`` -> ``area (µm²)``; unknown names with
+    their underscores as spaces."""
+    for prefix, words in _PREFIXES:
+        if name.startswith(prefix) and name[len(prefix) :] in AXIS_LABELS:
+            return words + AXIS_LABELS[name[len(prefix) :]]
+    return AXIS_LABELS.get(name, name.replace("_", " "))
+
+
+def is_bounded(name: str) -> bool:
+    """Whether a metric or feature column lies in [0, 1] (``val_f1``, ``dice``, ...)."""
+    base = name
+    for prefix, _ in _PREFIXES:
+        base = base.removeprefix(prefix)
+    return base in BOUNDED_METRICS
+
+
+def _bounded_axis(ax, name: str) -> None:
+    """A [0, 1] metric's y axis from 0 to just above 1, a distance's from 0."""
+    if is_bounded(name):
+        ax.set_ylim(0.0, 1.05)
+    elif name in ("hd95", "hausdorff"):
+        ax.set_ylim(bottom=0.0)
+
+
+def _with_n(name: str, n: int) -> str:
+    return f"{name} (n={n})"
+
+
+def add_scale_bar(
+    ax,
+    pixel_size_um: float | None,
+    width_px: int,
+    height_px: int | None = None,
+    *,
+    fraction: float = 0.2,
+):
+    """Draw a scale bar in the bottom-right corner of an ``imshow`` panel.
+
+    The bar is white with a thin black edge, ``length_um / pixel_size_um`` pixels
+    (data units) long, where ``length_um`` is a round length about ``fraction`` of the
+    image width (:func:`brightseg.scalebar.scale_bar_length_um`); its length (e.g.
+    ``"50 µm"``) is written above it.  Without a pixel size (None) nothing is drawn.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+        An axes showing an image with ``imshow``'s default extent (pixel centres at
+        integer coordinates, row 0 at the top).
+    pixel_size_um : float or None
+        Pixel size in µm; None when unknown (no bar).
+    width_px, height_px : int
+        Image size in pixels (the height defaults to the axes' y extent).
+    fraction : float
+        Target bar length as a fraction of the width.
+
+    Returns
+    -------
+    matplotlib.patches.Rectangle or None
+        The bar (``gid`` ``"scale_bar"``), None when no bar was drawn.
+    """
+    if pixel_size_um is None:
+        return None
+    px = float(pixel_size_um)
+    if height_px is None:
+        height_px = round(abs(ax.get_ylim()[0] - ax.get_ylim()[1]))
+    length_um = scale_bar_length_um(int(width_px), px, fraction=fraction)
+    length = length_um / px
+    margin = 0.04 * width_px
+    thick = max(1.0, 0.015 * height_px)
+    x1 = width_px - 0.5 - margin
+    y1 = height_px - 0.5 - margin
+    bar = Rectangle(
+        (x1 - length, y1 - thick),
+        length,
+        thick,
+        facecolor="white",
+        edgecolor="black",
+        linewidth=0.4,
+        gid="scale_bar",
+    )
+    ax.add_patch(bar)
+    ax.text(
+        x1 - length / 2,
+        y1 - thick - 0.01 * height_px,
+        format_length(length_um, UM),
+        color="white",
+        fontsize=6,
+        ha="center",
+        va="bottom",
+        path_effects=[patheffects.withStroke(linewidth=1.5, foreground="black")],
+    )
+    return bar
 
 
 def _colours(n: int) -> list:
@@ -183,7 +336,12 @@ def training_curves(
 
     for ax in (ax_m, ax_l):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_m.set(xlabel=x, ylabel=metric, title=f"Validation {metric.removeprefix('val_')}")
+    ax_m.set(
+        xlabel=x,
+        ylabel=axis_label(metric),
+        title=f"Validation {axis_label(metric.removeprefix('val_'))}",
+    )
+    _bounded_axis(ax_m, metric)
     ax_l.set(xlabel=x, ylabel="loss", title="Loss (solid: train, dashed: validation)")
     ax_m.legend(loc="lower right", frameon=False)
     return fig
@@ -201,7 +359,9 @@ def backbone_comparison(
     """Bars of a score per backbone (paper Table 1), grouped by ``hue`` if present.
 
     ``error`` names a column of error-bar half-lengths (default
-    ``<value>_std`` when present).
+    ``<value>_std`` when present; the workflow passes ``val_f1_std``, the standard
+    deviation of the validation F1 over the run's epochs).  A [0, 1] score's axis
+    starts at 0.
     """
     _require(table, [label, value], "backbone_comparison")
     if hue is not None and hue not in table.columns:
@@ -227,7 +387,8 @@ def backbone_comparison(
         bars = ax.bar(xs, ys, width=width * 0.95, color=colour, label=h, yerr=es if error else None)
         ax.bar_label(bars, fmt="%.3f", fontsize=6, padding=1)
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
-    ax.set(ylabel=value, title=f"{value} per backbone")
+    ax.set(ylabel=axis_label(value), title=f"{axis_label(value)} per backbone")
+    _bounded_axis(ax, value)
     if hue:
         ax.legend(title=hue, frameon=False)
     return fig
@@ -235,7 +396,10 @@ def backbone_comparison(
 
 @_styled
 def livecell_groups(per_image, *, value: str = "f1", by: str = "cell_line", seed: int = 0):
-    """Box plot with the individual images as points, per cell line (LIVECell)."""
+    """Box plot with the individual images as points, per cell line (LIVECell).
+
+    Tick labels give the number of images per group; a [0, 1] score's axis starts at 0.
+    """
     _require(per_image, [by, value], "livecell_groups")
     groups = sorted(per_image[by].astype(str).unique())
     if not groups:
@@ -243,12 +407,18 @@ def livecell_groups(per_image, *, value: str = "f1", by: str = "cell_line", seed
     data = [per_image.loc[per_image[by].astype(str) == g, value].to_numpy(float) for g in groups]
     fig = _figure(max(4.0, 0.55 * len(groups) + 1.5), 3.2)
     ax = fig.subplots()
-    ax.boxplot(data, tick_labels=groups, showfliers=False, widths=0.6)
+    ticks = [_with_n(g, int(np.isfinite(d).sum())) for g, d in zip(groups, data, strict=True)]
+    ax.boxplot(data, tick_labels=ticks, showfliers=False, widths=0.6)
     rng = np.random.default_rng(seed)
     for i, (colour, d) in enumerate(zip(_colours(len(groups)), data, strict=True), start=1):
         jitter = rng.uniform(-0.18, 0.18, size=len(d))
         ax.scatter(i + jitter, d, s=3, color=colour, alpha=0.5, linewidths=0, rasterized=False)
-    ax.set(ylabel=value, title=f"{value} per {by.replace('_', ' ')}")
+    ax.set(
+        xlabel=by.replace("_", " "),
+        ylabel=f"{axis_label(value)} per image",
+        title=f"{axis_label(value)} per {by.replace('_', ' ')}",
+    )
+    _bounded_axis(ax, value)
     ax.tick_params(axis="x", rotation=30)
     return fig
 
@@ -263,7 +433,9 @@ def ensemble_ablation(
     """Mean metrics of every single model next to the ensemble (section 4.3).
 
     ``table`` is :func:`brightseg.metrics.ablation_table` output (``model``
-    and the metric columns); rows keep their order.
+    and the metric columns, ``n_images`` when present: then the legend gives each
+    model's number of images); rows keep their order.  The bars are means (no error
+    bars); the axis runs from 0 to just above 1.
     """
     _require(table, ["model", *metrics], "ensemble_ablation")
     models = [str(m) for m in table["model"]]
@@ -275,6 +447,7 @@ def ensemble_ablation(
     colours = _colours(len(models))
     for j, (colour, model) in enumerate(zip(colours, models, strict=True)):
         row = table.iloc[j]
+        label = _with_n(model, int(row["n_images"])) if "n_images" in table.columns else model
         xs = [i - 0.4 + width * (j + 0.5) for i in range(len(metrics))]
         ys = [float(row[m]) for m in metrics]
         is_ens = model == ensemble
@@ -283,16 +456,14 @@ def ensemble_ablation(
             ys,
             width=width * 0.95,
             color="black" if is_ens else colour,
-            label=model,
+            label=label,
             hatch="//" if is_ens else None,
             edgecolor="white" if is_ens else None,
         )
-    values = table[list(metrics)].to_numpy(float)
-    lo = float(np.nanmin(values)) if np.isfinite(values).any() else 0.0
-    ax.set_ylim(max(0.0, math.floor((lo - 0.05) * 20) / 20), 1.0)
-    ax.set_xticks(range(len(metrics)), list(metrics))
-    ax.set(ylabel="mean over images", title="Single models and the ensemble")
-    ax.legend(frameon=False, fontsize=6, ncols=2)
+    ax.set_ylim(0.0, 1.05)
+    ax.set_xticks(range(len(metrics)), [axis_label(m) for m in metrics])
+    ax.set(ylabel="mean over held-out images", title="Single models and the ensemble")
+    ax.legend(frameon=False, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
 
 
@@ -337,9 +508,18 @@ def overlay_counts(pred_mask: np.ndarray, true_mask: np.ndarray):
 
 @_styled
 def overlay_panel(
-    image: np.ndarray, pred_mask: np.ndarray, true_mask: np.ndarray, *, title: str | None = None
+    image: np.ndarray,
+    pred_mask: np.ndarray,
+    true_mask: np.ndarray,
+    *,
+    title: str | None = None,
+    pixel_size_um: float | None = None,
 ):
-    """Image and TP/FN/FP overlay side by side (paper Fig. 5)."""
+    """Image and TP/FN/FP overlay side by side (paper Fig. 5).
+
+    With ``pixel_size_um`` both panels get a scale bar (:func:`add_scale_bar`); without
+    it (unknown pixel size) neither does.
+    """
 
     rgb = overlay_rgb(image, pred_mask, true_mask)
     h, w = rgb.shape[:2]
@@ -351,8 +531,9 @@ def overlay_panel(
     ax_o.set_title(title or "overlay")
     names = {"tp": "true positive", "fn": "false negative", "fp": "false positive"}
     handles = [Patch(color=np.asarray(c) / 255, label=names[k]) for k, c in OVERLAY_COLOURS.items()]
-    ax_o.legend(handles=handles, loc="lower right", frameon=True, fontsize=6)
+    ax_o.legend(handles=handles, loc="lower left", frameon=True, fontsize=6)
     for ax in (ax_i, ax_o):
+        add_scale_bar(ax, pixel_size_um, w, h)
         ax.set_axis_off()
     return fig
 
@@ -369,7 +550,9 @@ def morphometry_distributions(
 
     ``by`` defaults to ``plate`` when the table has several plates, else
     ``well``.  At most ``max_groups`` groups (the first in sorted order) are
-    drawn.
+    drawn.  Axes are labelled in words with units (:func:`axis_label`: ``area_um2``
+    -> area (µm²)); tick labels give the number of cells per group; features in
+    [0, 1] (circularity, solidity, ...) have axes from 0.
     """
     _require(cells, list(features), "morphometry_distributions")
     if by is None:
@@ -386,9 +569,12 @@ def morphometry_distributions(
     keys = cells[by].astype(str)
     for ax, feat in zip(axes, features, strict=True):
         data = [cells.loc[keys == g, feat].dropna().to_numpy(float) for g in groups]
-        ax.boxplot(data, tick_labels=groups, showfliers=False, widths=0.6)
-        ax.set(ylabel=feat)
+        ticks = [_with_n(g, len(d)) for g, d in zip(groups, data, strict=True)]
+        ax.boxplot(data, tick_labels=ticks, showfliers=False, widths=0.6)
+        ax.set(ylabel=axis_label(feat))
+        _bounded_axis(ax, feat)
     axes[0].set_title(f"Cell morphometry per {by}")
+    axes[-1].set_xlabel(f"{by} (n = cells)")
     axes[-1].tick_params(axis="x", rotation=90)
     return fig
 
@@ -479,7 +665,9 @@ def metric_distributions(
     ``wide`` has one row per image and method and one column per metric
     (:func:`brightseg.evalsets.wide_table`).  One panel per metric; ``order`` sets the
     methods' order (default sorted).  Non-finite values (e.g. HD95 of an empty
-    prediction) are left out.
+    prediction) are left out; tick labels give the images drawn per method
+    (``ensemble (n=12)``).  The y axes name the metric and unit (HD95 and Hausdorff in
+    pixels, as :mod:`brightseg.metrics` computes them); [0, 1] scores start at 0.
     """
 
     metrics = [m for m in metrics if m in wide.columns]
@@ -497,11 +685,14 @@ def metric_distributions(
             for m in methods:
                 v = wide.loc[wide["method"].astype(str) == m, metric].to_numpy(float)
                 data.append(v[np.isfinite(v)])
-            ax.boxplot(data, tick_labels=methods, showfliers=False, widths=0.6)
+            ticks = [_with_n(m, len(d)) for m, d in zip(methods, data, strict=True)]
+            ax.boxplot(data, tick_labels=ticks, showfliers=False, widths=0.6)
             for i, (colour, d) in enumerate(zip(colours, data, strict=True), start=1):
                 jitter = rng.uniform(-0.18, 0.18, size=len(d))
                 ax.scatter(i + jitter, d, s=6, color=colour, alpha=0.7, linewidths=0)
-            ax.set_title(metric)
+            ax.set_title(axis_label(metric))
+            ax.set_ylabel(axis_label(metric))
+            _bounded_axis(ax, metric)
             ax.tick_params(axis="x", rotation=90)
         for ax in axes[len(metrics) :]:
             ax.set_axis_off()
@@ -516,8 +707,13 @@ def method_overlays(
     *,
     title: str = "",
     scores: Mapping[str, float] | None = None,
+    pixel_size_um: float | None = None,
 ):
-    """The image and one TP/FN/FP overlay per method (:func:`brightseg.figures.overlay_rgb`)."""
+    """The image and one TP/FN/FP overlay per method (:func:`brightseg.figures.overlay_rgb`).
+
+    With ``pixel_size_um`` every panel gets a scale bar (:func:`add_scale_bar`); without
+    it (unknown pixel size) none does.
+    """
 
     with matplotlib.rc_context(STYLE):
         n = 1 + len(preds)
@@ -537,6 +733,7 @@ def method_overlays(
         ]
         fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
         for ax in axes:
+            add_scale_bar(ax, pixel_size_um, w, h)
             ax.set_axis_off()
     return fig
 

@@ -82,7 +82,8 @@ def segment_images(
         A bundle directory or ``.tar``.
     out_dir : path
         Gets ``<stem>_labels.tif`` (instances), ``<stem>_mask.png`` (0/255),
-        ``<stem>_overlay.png`` (contours on the image), ``cells.parquet``/``cells.csv``
+        ``<stem>_overlay.png`` (contours on the image, the cells' label numbers, the stem
+        as title and a scale bar), ``cells.parquet``/``cells.csv``
         (one row per cell, ``image_id`` its file stem) and ``images.tsv``.
     pixel_size_um : float, optional
         Of the images; default the bundle's training pixel size.
@@ -127,7 +128,8 @@ def segment_images(
             out / f"{stem}_labels.tif",
         )
         write_png((mask > 0).astype(np.uint8) * 255, out / f"{stem}_mask.png")
-        write_png(contour_overlay(image, labels), out / f"{stem}_overlay.png")
+        overlay = contour_overlay(image, labels, pixel_size_um=float(px), title=stem)
+        write_png(overlay, out / f"{stem}_overlay.png")
         cells = measure_cells(labels, image, pixel_size_um=float(px), meta={"image_id": path.stem})
         tables.append(cells)
         rows.append(

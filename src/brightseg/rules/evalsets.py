@@ -160,7 +160,9 @@ def evalset_compare(
                     preds[b] = read_mask(row[BASELINE_PREFIX + b], threshold=threshold)[0]
                 shown = {m: preds[m] for m in (ENSEMBLE, *baselines)}
                 scores = {m: pixel_metrics(p, truth)["f1"] for m, p in shown.items()}
-                fig = method_overlays(raw, truth, shown, title=image_id, scores=scores)
+                fig = method_overlays(
+                    raw, truth, shown, title=image_id, scores=scores, pixel_size_um=px
+                )
                 save_png(fig, Path(overlay_dir) / f"{image_id}.png")
                 for m, p in shown.items():
                     counts.append(overlay_counts(p, truth).assign(image=image_id, method=m))

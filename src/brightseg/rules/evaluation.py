@@ -141,7 +141,11 @@ def evaluate(
             ):
                 if item["model"] == ENSEMBLE and not first:
                     first.update(
-                        image=image, pred=item["pred"], truth=item["truth"], name=row.image_id
+                        image=image,
+                        pred=item["pred"],
+                        truth=item["truth"],
+                        name=row.image_id,
+                        pixel_size_um=ps.pixel_size_um,
                     )
                 yield item
 
@@ -153,7 +157,11 @@ def evaluate(
     log.info("ablation:\n%s", abl.to_string(index=False))
     if overlay_stem:
         fig = overlay_panel(
-            first["image"], first["pred"], first["truth"], title=f"ensemble: {first['name']}"
+            first["image"],
+            first["pred"],
+            first["truth"],
+            title=f"ensemble: {first['name']}",
+            pixel_size_um=first["pixel_size_um"],
         )
         save_figure(fig, overlay_counts(first["pred"], first["truth"]), overlay_stem)
     return df

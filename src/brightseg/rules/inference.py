@@ -127,7 +127,8 @@ def measure_cells(
 ) -> None:
     """Rule ``measure_cells``: per-cell morphometrics and per-image summaries of a plate.
 
-    Also writes contour overlays of the first ``n_overlays`` images and, per
+    Also writes contour overlays of the first ``n_overlays`` images (titled with the
+    image id, cell label numbers and a scale bar from the plate's pixel size) and, per
     ``morphometry.export``, Cellpose ``_masks.tif`` and ImageJ ROI zips into
     ``exports_dir`` (a declared directory output, empty when both are off).
     """
@@ -163,7 +164,10 @@ def measure_cells(
                 )
             )
             if i < cfg.n_overlays:
-                write_png(contour_overlay(image, labels), tmp_overlays / f"{image_id}.png")
+                overlay = contour_overlay(
+                    image, labels, pixel_size_um=ps.pixel_size_um, title=image_id
+                )
+                write_png(overlay, tmp_overlays / f"{image_id}.png")
             if export.get("cellpose"):
                 write_cellpose_masks(labels, tmp_exports / f"{image_id}_masks.tif")
             if export.get("imagej_rois"):
