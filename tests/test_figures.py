@@ -182,3 +182,104 @@ def test_tables():
         r"\end{tabular}",
     ]
     assert F.table_to_latex(df, caption="x").startswith("\\begin{table}")
+
+
+def _bars(fig):
+    return [p for ax in fig.axes for p in ax.patches if p.get_gid() == "scale_bar"]
+
+
+def _texts(fig):
+    return [t.get_text() for ax in fig.axes for t in ax.texts]
+
+
+def test_image_panels_have_scale_bars_only_with_a_pixel_size():
+    image, pred, truth = overlay_inputs()
+    fig = F.overlay_panel(image, pred, truth, pixel_size_um=0.5)
+    bars = _bars(fig)
+    # 56 px * 0.5 um = 28 um wide: a fifth is 5.6 um, the bar 5 um = 10 px
+    assert len(bars) == 2
+    assert all(abs(b.get_width() - round(5 / 0.5)) <= 1 for b in bars)
+    assert all(b.get_x() + b.get_width() <= 56 for b in bars)
+    assert "5 µm" in _texts(fig)
+    assert _bars(F.overlay_panel(image, pred, truth)) == []
+    preds = {"ensemble": pred, "otsu": truth}
+    fig = F.method_overlays(image, truth, preds, title="im", pixel_size_um=0.65)
+    bars = _bars(fig)
+    assert len(bars) == 3  # the image and both methods
+    length = F.scale_bar_length_um(56, 0.65)
+    assert all(abs(b.get_width() - round(length / 0.65)) <= 1 for b in bars)
+    assert _bars(F.method_overlays(image, truth, preds, title="im")) == []
+
+
+def test_add_scale_bar_length_and_label():
+    fig = F._figure(3, 3)
+    ax = fig.subplots()
+    ax.imshow(np.zeros((100, 1000)))
+    bar = F.add_scale_bar(ax, 0.65, 1000)
+    assert abs(bar.get_width() - round(100 / 0.65)) <= 1  # 650 um wide: 100 um
+    assert [t.get_text() for t in ax.texts] == ["100 µm"]
+    assert F.add_scale_bar(ax, None, 1000) is None
+
+
+def test_axis_labels_have_words_and_units():
+    assert F.axis_label("hd95") == "HD95 (px)"
+    assert F.axis_label("hausdorff") == "Hausdorff distance (px)"
+    assert F.axis_label("area_um2") == "area (µm²)"
+    assert F.axis_label("perimeter_um") == "perimeter (µm)"
+    assert F.axis_label("val_f1") == "validation F1"
+    assert F.axis_label("final_val_f1") == "final validation F1"
+    cells = tables()["morphometry_distributions"][1].rename(columns={"area": "area_um2"})
+    fig = F.morphometry_distributions(cells, features=("area_um2", "circularity"), by="plate")
+    area_ax, circ_ax = fig.axes
+    assert area_ax.get_ylabel() == "area (µm²)"
+    assert circ_ax.get_ylabel().startswith("circularity")
+    assert circ_ax.get_ylim()[0] == 0  # bounded feature
+    ticks = [t.get_text() for t in circ_ax.get_xticklabels()]
+    assert ticks == ["P1 (n=30)", "P2 (n=30)"]
+
+
+def _wide():
+    rng = np.random.default_rng(0)
+    wide = pd.DataFrame(
+        {
+            "method": np.repeat(["ensemble", "otsu"], 6),
+            **{m: rng.uniform(0.6, 0.9, 12) for m in ("dice", "iou", "precision", "recall", "f1")},
+            "hd95": rng.uniform(3, 30, 12),
+        }
+    )
+    wide.loc[11, "hd95"] = np.inf  # left out: n=5 for otsu's HD95
+    return wide
+
+
+def test_bounded_metric_axes_start_at_zero_and_show_n():
+    fig = F.metric_distributions(_wide(), order=["ensemble", "otsu"])
+    axes = {ax.get_ylabel(): ax for ax in fig.axes if ax.get_ylabel()}
+    assert set(axes) == {"Dice", "IoU", "precision", "recall", "F1", "HD95 (px)"}
+    for label, ax in axes.items():
+        assert ax.get_ylim()[0] == 0, label
+        if label != "HD95 (px)":
+            assert ax.get_ylim()[1] >= 1, label
+    ticks = [t.get_text() for t in axes["HD95 (px)"].get_xticklabels()]
+    assert ticks == ["ensemble (n=6)", "otsu (n=5)"]
+    assert [t.get_text() for t in axes["F1"].get_xticklabels()] == [
+        "ensemble (n=6)",
+        "otsu (n=6)",
+    ]
+
+    ablation = tables()["ensemble_ablation"][1]
+    ax = F.ensemble_ablation(ablation).axes[0]
+    assert ax.get_ylim()[0] == 0 and ax.get_ylim()[1] >= 1
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["m1 (n=5)", "m2 (n=5)", "ensemble (n=5)"]
+
+    per_image = tables()["livecell_groups"][1]
+    ax = F.livecell_groups(per_image).axes[0]
+    assert ax.get_ylim()[0] == 0 and ax.get_ylabel() == "F1 per image"
+    assert ax.get_xticklabels()[0].get_text() == "A172 (n=10)"
+
+    backbones = tables()["backbone_comparison"][1]
+    ax = F.backbone_comparison(backbones).axes[0]
+    assert ax.get_ylim()[0] == 0 and ax.get_ylabel() == "F1"
+
+    ax_m = F.training_curves(history_table()).axes[0]
+    assert ax_m.get_ylabel() == "validation F1" and ax_m.get_ylim()[0] == 0

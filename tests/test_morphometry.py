@@ -304,3 +304,64 @@ def test_bounded_measurements_stay_in_bounds_for_tiny_cells():
     for col in ("circularity", "convexity", "solidity"):
         assert df[col].between(0, 1).all(), df[col].max()
     assert df["mean_intensity"].eq(0.5).all()
+
+
+def _bar_pixels(ov, plain, g):
+    """Columns of the scale bar's rows that changed and are white."""
+    rows = ov[g["y0"] : g["y1"]]
+    white = (rows == 255).all(axis=2).all(axis=0)
+    changed = (ov != plain)[g["y0"] : g["y1"]].any(axis=2).any(axis=0)
+    return white, changed
+
+
+def test_contour_overlay_scale_bar(two_cells):
+    from brightseg.morphometry import scale_bar_geometry
+
+    img = np.linspace(0, 1, two_cells.size, dtype=np.float32).reshape(two_cells.shape)
+    plain = contour_overlay(img, two_cells, cell_ids=False)
+    ov = contour_overlay(img, two_cells, cell_ids=False, pixel_size_um=0.5)
+    g = scale_bar_geometry(two_cells.shape, 0.5)
+    # 300 px * 0.5 um = 150 um wide: a fifth is 30 um, the round length below it 20 um
+    assert g["length_um"] == 20.0 and g["label"] == "20 um"
+    assert g["x1"] <= two_cells.shape[1] and g["y1"] <= two_cells.shape[0]
+    white, changed = _bar_pixels(ov, plain, g)
+    assert abs(int(white.sum()) - round(20.0 / 0.5)) <= 1
+    assert white[g["x0"] : g["x1"]].all() and changed[g["x0"] : g["x1"]].any()
+    # the label sits above the bar: pixels there changed too
+    above = (ov != plain)[: g["y0"], g["x0"] : g["x1"]].any(axis=2)
+    assert above[-30:].any()
+    # no pixel size: no bar; inputs untouched, output deterministic
+    assert np.array_equal(contour_overlay(img, two_cells, cell_ids=False), plain)
+    assert np.array_equal(ov, contour_overlay(img, two_cells, cell_ids=False, pixel_size_um=0.5))
+    with pytest.raises(ValueError, match="pixel_size_um"):
+        contour_overlay(img, two_cells, pixel_size_um=0.0)
+
+
+def test_contour_overlay_bar_length_follows_pixel_size():
+    from brightseg.morphometry import scale_bar_geometry
+
+    lab = np.zeros((120, 400), np.uint16)
+    img = np.zeros(lab.shape, np.float32)
+    plain = contour_overlay(img, lab)
+    for px in (0.65, 1.3, 0.1):
+        g = scale_bar_geometry(lab.shape, px)
+        assert g["length_um"] <= 0.2 * 400 * px < 2.5 * g["length_um"]
+        white, _ = _bar_pixels(contour_overlay(img, lab, pixel_size_um=px), plain, g)
+        assert abs(int(white.sum()) - round(g["length_um"] / px)) <= 1
+
+
+def test_contour_overlay_title_and_cell_ids(two_cells):
+    img = np.full(two_cells.shape, 0.5, np.float32)
+    plain = contour_overlay(img, two_cells, cell_ids=False)
+    titled = contour_overlay(img, two_cells, cell_ids=False, title="P001_B03_f2_t0")
+    diff = (titled != plain).any(axis=2)
+    ys, xs = np.nonzero(diff)
+    assert diff.any() and ys.max() < 40 and xs.min() < 10  # top-left corner only
+    assert titled.shape == plain.shape
+    ids = contour_overlay(img, two_cells)
+    diff = (ids != plain).any(axis=2)
+    # each number is drawn at its cell's centroid: (60, 60) and (140, 180)
+    assert diff[50:70, 50:70].any() and diff[130:150, 170:190].any()
+    assert not diff[:, 100:140].any()  # nothing between the cells
+    # more cells than max_ids: no numbers
+    assert np.array_equal(contour_overlay(img, two_cells, max_ids=1), plain)

@@ -569,10 +569,12 @@ def morphometry_distributions(
     keys = cells[by].astype(str)
     for ax, feat in zip(axes, features, strict=True):
         data = [cells.loc[keys == g, feat].dropna().to_numpy(float) for g in groups]
-        ticks = [_with_n(g, len(d)) for g, d in zip(groups, data, strict=True)]
-        ax.boxplot(data, tick_labels=ticks, showfliers=False, widths=0.6)
+        ax.boxplot(data, showfliers=False, widths=0.6)
         ax.set(ylabel=axis_label(feat))
         _bounded_axis(ax, feat)
+    n_cells = keys.value_counts()
+    ticks = [_with_n(g, int(n_cells.get(g, 0))) for g in groups]
+    axes[-1].set_xticks(range(1, len(groups) + 1), ticks)
     axes[0].set_title(f"Cell morphometry per {by}")
     axes[-1].set_xlabel(f"{by} (n = cells)")
     axes[-1].tick_params(axis="x", rotation=90)
