@@ -54,7 +54,13 @@ rule measure_cells:
     output:
         cells="results/tables/{plate}/cells.parquet",
         images="results/tables/{plate}/images.parquet",
-        overlays=directory("results/qc/overlays/{plate}"),
+        overlays=report(
+            directory("results/qc/overlays/{plate}"),
+            patterns=["{image}.png"],
+            caption="../report/qc_overlay.rst",
+            category="Quality control",
+            subcategory="{plate}",
+        ),
         exports=directory("results/tables/{plate}/exports"),
     log:
         "logs/measure_cells/{plate}.log",
