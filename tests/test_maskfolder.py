@@ -16,11 +16,13 @@ from brightseg.annotations.cvat import MANIFEST_COLUMNS as CVAT_COLUMNS
 from brightseg.annotations.cvat import import_cvat
 from brightseg.annotations.maskfolder import (
     MANIFEST_COLUMNS,
+    correct_field_of_view,
     describe_image,
     grouped_patch_split,
     import_mask_folder,
     load_patch_set,
     mask_to_labels,
+    patch_offsets,
     patch_set_pairs,
     read_mask,
 )
@@ -508,6 +510,41 @@ def test_patch_set_pairs(tmp_path):
         assert p["source"] == r.source and p["plate"] == "P" and p["modality"] == "phase"
     corrected = next(patch_set_pairs(df, correct=lambda im: np.full(im.shape, 2.0)))
     assert corrected["image"].max() == 1.0  # clipped to [0, 1]
+
+
+def _table(source, rows, cols, size=32):
+    return pd.DataFrame({"source": source, "row": rows, "col": cols, "width": size, "height": size})
+
+
+def test_patch_offsets_grid_indices_or_pixels():
+    grid = patch_offsets(_table("a", [0, 0, 1, 1], [0, 1, 0, 1]))
+    assert grid["y0"].tolist() == [0, 0, 32, 32] and grid["x0"].tolist() == [0, 32, 0, 32]
+    assert set(grid["positions"]) == {"grid"}
+    pixels = patch_offsets(_table("a", [0, 0, 32, 32], [0, 32, 0, 32]))
+    assert pixels["y0"].tolist() == [0, 0, 32, 32] and set(pixels["positions"]) == {"pixels"}
+    stride = patch_offsets(_table("a", [0, 16, 32], [0, 0, 0]))  # overlapping, stride 16
+    assert stride["y0"].tolist() == [0, 16, 32] and set(stride["positions"]) == {"pixels"}
+    assert patch_offsets(_table("a", [-1, 0], [-1, 0])) is None  # no positions in the names
+    mixed = pd.concat([_table("a", [0], [0]), _table("a", [1], [0], size=16)])
+    assert patch_offsets(mixed.reset_index(drop=True)) is None  # sizes differ in a source
+
+
+def test_correct_field_of_view_equals_the_window_of_the_whole_image():
+    rng = np.random.default_rng(0)
+    image = rng.random((64, 96)).astype(np.float32)
+
+    def correct(im):  # depends on the whole field: subtract the global mean
+        return im - im.mean()
+
+    offsets = [(y, x) for y in (0, 32) for x in (0, 32, 64)]
+    patches = [image[y : y + 32, x : x + 32] for y, x in offsets]
+    got = correct_field_of_view(patches, offsets, correct)
+    whole = correct(image)
+    for (y, x), g in zip(offsets, got, strict=True):
+        np.testing.assert_allclose(g, whole[y : y + 32, x : x + 32], atol=1e-6)
+    # a missing patch: its place is filled with the median of the covered pixels
+    partial = correct_field_of_view(patches[:-1], offsets[:-1], lambda im: im)
+    np.testing.assert_array_equal(partial[0], patches[0])
 
 
 def test_patch_set_pairs_feed_augmentation(tmp_path):

@@ -318,10 +318,23 @@ def test_patch_set_illumination_correction_is_applied(tmp_path):
     assert groups == {f"lab:{s}": "src0" for s in originals}
     from brightseg.illumination import correct_illumination as tophat_correct
 
+    # Preprocessing parity (issue 12): the source's field of view is reassembled from the
+    # positions in the names and corrected whole, so each patch equals the window of the
+    # corrected full image (tolerance 1e-6, i.e. exact up to float32 rounding) -- what
+    # full-image inference sees -- and not the patch corrected on its own.
+    full = np.zeros((64, 64), np.uint8)
+    for stem, (img, _) in originals.items():
+        r, c = (int(v) for v in stem.split("_")[1:])
+        full[r : r + 32, c : c + 32] = img
+    whole = tophat_correct(full.astype(np.float32), 10, mode="black", method="fast")
+    differs = []
     for pair in pairs:
-        img, _ = originals[pair["image_id"].removeprefix("lab:")]
-        want = tophat_correct(img.astype(np.float32), 10, mode="black", method="fast")
-        np.testing.assert_allclose(pair["image"], want, atol=1e-6)
+        stem = pair["image_id"].removeprefix("lab:")
+        r, c = (int(v) for v in stem.split("_")[1:])
+        np.testing.assert_allclose(pair["image"], whole[r : r + 32, c : c + 32], atol=1e-6)
+        alone = tophat_correct(originals[stem][0].astype(np.float32), 10, mode="black")
+        differs.append(not np.allclose(pair["image"], alone, atol=1e-6))
+    assert all(differs)  # per-patch correction (the old path) gives other pixels
 
 
 def test_resolve_patch_sets_errors(tmp_path):

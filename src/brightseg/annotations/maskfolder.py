@@ -1016,6 +1016,89 @@ def _to_unit(image: np.ndarray, name: str) -> np.ndarray:
     return ((img - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros_like(img)
 
 
+def patch_offsets(df: pd.DataFrame) -> pd.DataFrame | None:
+    """Pixel offsets ``y0, x0`` of each patch in its source image, from ``row``/``col``.
+
+    The names give either grid indices (``<source>_0_0``, ``<source>_0_1``, ...: the
+    values of each axis are 0, 1, ..., n - 1 and smaller than the patch size; offset =
+    index x patch size) or pixel offsets (anything else, e.g. ``_0_0``, ``_0_256`` or a
+    stride of 128: offset = the value).
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Table of :func:`load_patch_set` (``source``, ``row``, ``col``, ``width``, ``height``).
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        ``df`` with ``y0``, ``x0`` and ``positions`` (``grid`` or ``pixels``, per source);
+        None when a patch has no position (-1) or the patches of a source differ in size.
+    """
+    if df.empty or (df["row"] < 0).any() or (df["col"] < 0).any():
+        return None
+    parts = []
+    for _, g in df.groupby("source", sort=False):
+        h, w = int(g["height"].iloc[0]), int(g["width"].iloc[0])
+        if (g["height"] != h).any() or (g["width"] != w).any():
+            return None
+        rows, cols = np.unique(g["row"]), np.unique(g["col"])
+        grid = (
+            np.array_equal(rows, np.arange(rows.size))
+            and np.array_equal(cols, np.arange(cols.size))
+            and rows.size < h
+            and cols.size < w
+        )
+        parts.append(
+            g.assign(
+                y0=g["row"] * (h if grid else 1),
+                x0=g["col"] * (w if grid else 1),
+                positions="grid" if grid else "pixels",
+            )
+        )
+    return pd.concat(parts).loc[df.index]
+
+
+def correct_field_of_view(
+    patches: Sequence[np.ndarray],
+    offsets: Sequence[tuple[int, int]],
+    correct: Callable[[np.ndarray], np.ndarray],
+) -> list[np.ndarray]:
+    """Correct pre-tiled patches as windows of their source image, not one by one.
+
+    The patches are put back at their offsets into the source's field of view (a later
+    patch overwrites an overlap; a place no patch covers is filled with the median of the
+    covered pixels), the whole field is corrected, and each patch's window is cut out.
+    Where the patches tile the source completely, every result equals the same window of
+    ``correct(source image)`` exactly: training sees what full-image inference sees.
+
+    Parameters
+    ----------
+    patches : sequence of (h, w) arrays
+        The raw patches of one source, all of one size.
+    offsets : sequence of (y0, x0)
+        Their pixel offsets in the source.
+    correct : callable
+        Raw 2-D image -> corrected float image (e.g. top-hat + percentile normalisation).
+
+    Returns
+    -------
+    list of (h, w) float32 arrays
+    """
+    h, w = np.asarray(patches[0]).shape
+    height = max(int(y) for y, _ in offsets) + h
+    width = max(int(x) for _, x in offsets) + w
+    canvas = np.zeros((height, width), np.float32)
+    covered = np.zeros((height, width), bool)
+    for patch, (y, x) in zip(patches, offsets, strict=True):
+        canvas[y : y + h, x : x + w] = np.asarray(patch, np.float32)
+        covered[y : y + h, x : x + w] = True
+    if not covered.all():
+        canvas[~covered] = np.median(canvas[covered])
+    corrected = np.asarray(correct(canvas), np.float32)
+    return [corrected[y : y + h, x : x + w].copy() for y, x in offsets]
+
+
 def patch_set_pairs(
     df: pd.DataFrame,
     *,
@@ -1040,10 +1123,14 @@ def patch_set_pairs(
     plate, modality : str
         Stored with every pair.
     correct : callable, optional
-        Maps the raw greyscale patch to float32 in [0, 1] (e.g. a partial of
+        Maps a raw greyscale image to float32 in [0, 1] (e.g. a partial of
         :func:`brightseg.illumination.correct_illumination`, to match the
-        plates' correction).  Default: scale by the dtype's range (uint8 / 255,
-        uint16 / 65535; floats in [0, 1] as they are, others min-max).
+        plates' correction).  Where the names give every patch's position
+        (:func:`patch_offsets`), it is applied to each source's reassembled field
+        of view and the patches are its windows (:func:`correct_field_of_view`);
+        otherwise to each patch alone, with a warning.  Default: no correction,
+        scale by the dtype's range (uint8 / 255, uint16 / 65535; floats in [0, 1]
+        as they are, others min-max).
 
     Yields
     ------
@@ -1057,8 +1144,36 @@ def patch_set_pairs(
     missing = [c for c in ("image_id", "image", "mask", "source") if c not in df.columns]
     if missing:
         raise InputError(None, f"patch table lacks columns {missing} (has {list(df.columns)})")
+    placed = None
+    if correct is not None and {"row", "col", "width", "height"} <= set(df.columns):
+        placed = patch_offsets(df)
+    if placed is not None:
+        # whole fields of view, source after source (see correct_field_of_view)
+        df = placed.sort_values(["source", "image_id"], kind="stable")
+        log.info(
+            "patch set %s: corrected as fields of view (positions from the names: %s)",
+            plate,
+            ", ".join(sorted(set(df["positions"]))),
+        )
+    elif correct is not None:
+        log.warning(
+            "patch set %s: the patch names give no positions (row/col groups of name_regex), "
+            "so each patch is corrected on its own: its top-hat and normalisation differ "
+            "from full-image inference",
+            plate,
+        )
+    fov: dict[str, np.ndarray] = {}
+    current = None
     kinds: dict[str, int] = {}
     for i, row in enumerate(df.to_dict("records")):
+        if placed is not None and row["source"] != current:
+            current = row["source"]
+            group = df[df["source"] == current]
+            raws = [read_image(path, grey=True) for path in group["image"]]
+            offsets = list(zip(group["y0"], group["x0"], strict=True))
+            fov = dict(
+                zip(group["image_id"], correct_field_of_view(raws, offsets, correct), strict=True)
+            )
         image = read_image(row["image"], grey=True)
         mask, _, info = read_mask(row["mask"], threshold=threshold, expect=mask_mode)
         kinds[info["kind"]] = kinds.get(info["kind"], 0) + 1
@@ -1073,7 +1188,9 @@ def patch_set_pairs(
             raise InputError(
                 row["mask"], f"mask shape {mask.shape} differs from image shape {image.shape}"
             )
-        if correct is None:
+        if placed is not None:
+            unit = np.clip(fov[row["image_id"]], 0.0, 1.0)
+        elif correct is None:
             unit = _to_unit(image, row["image"])
         else:
             unit = np.clip(np.asarray(correct(image), dtype=np.float32), 0.0, 1.0)
