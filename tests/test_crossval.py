@@ -46,49 +46,21 @@ def test_cv_two_folds_tiny(tmp_path):
     cpath = tmp_path / "cfg.yaml"
     cpath.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "cv"
-    r = CliRunner().invoke(
-        main,
-        [
-            "cv",
-            "--images",
-            str(tmp_path / "data" / "images"),
-            "--masks",
-            str(tmp_path / "data" / "masks"),
-            "--folds",
-            "2",
-            "--config",
-            str(cpath),
-            "--minutes",
-            "1",
-            "--out",
-            str(out),
-        ],
-    )
+
+    def cv(out, *extra):
+        data = tmp_path / "data"
+        args = ["cv", "--images", str(data / "images"), "--masks", str(data / "masks")]
+        return CliRunner().invoke(main, [*args, "--config", str(cpath), "--out", str(out), *extra])
+
+    r = cv(out, "--folds", "2", "--minutes", "1")
     assert r.exit_code == 0, r.output + repr(r.exception)
     last = r.output.strip().splitlines()[-1]
     assert last.startswith("dice=") and "f1_50=" in last and "folds=2" in last
     assert (out / "summary.json").is_file() and (out / "summary.md").is_file()
     assert (out / "fold_0" / "per_image.tsv").is_file()
-    # one fold alone (one cluster job per fold): the same fold, the same numbers
+    # one fold alone (one cluster job per fold): only that fold is trained and scored
     alone = tmp_path / "fold1"
-    r1 = CliRunner().invoke(
-        main,
-        [
-            "cv",
-            "--images",
-            str(tmp_path / "data" / "images"),
-            "--masks",
-            str(tmp_path / "data" / "masks"),
-            "--folds",
-            "2",
-            "--fold",
-            "1",
-            "--config",
-            str(cpath),
-            "--out",
-            str(alone),
-        ],
-    )
+    r1 = cv(alone, "--folds", "2", "--fold", "1")
     assert r1.exit_code == 0, r1.output + repr(r1.exception)
     assert not (alone / "fold_0").exists() and (alone / "fold_1" / "per_image.tsv").is_file()
 
@@ -96,12 +68,7 @@ def test_cv_two_folds_tiny(tmp_path):
     assert summary["folds_run"] == [1] and summary["folds"] == 2
     both = json.loads((out / "summary.json").read_text())
     assert both["folds_run"] == [0, 1]
-    bad = CliRunner().invoke(
-        main,
-        ["cv", "--images", str(tmp_path / "data" / "images"), "--masks",
-         str(tmp_path / "data" / "masks"), "--folds", "2", "--fold", "2", "--config", str(cpath),
-         "--out", str(tmp_path / "bad")],
-    )  # fmt: skip
+    bad = cv(tmp_path / "bad", "--folds", "2", "--fold", "2")
     assert bad.exit_code == 2 and "--fold must be in [0, 1]" in bad.output
 
 

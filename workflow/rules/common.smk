@@ -154,10 +154,10 @@ MODEL_RUNS = pd.DataFrame(
 # is a param of the rules that use it, so a new bundle reruns exactly those).
 ENSEMBLE_SOURCE = BUNDLE or "results/models/ensemble.tsv"
 ENSEMBLE_ID = BUNDLE_SHA256 if BUNDLE else "trained"
-# The trained ensemble's threshold, written by rule choose_threshold beside ensemble.tsv:
-# chosen on the validation patches (inference.threshold: validation) or the configured
-# number with its validation Dice; always made, so that a changed setting leaves no stale
-# file. A bundle records the number it was chosen as.
+# The trained ensemble's threshold (made by the choose_threshold rule, beside ensemble.tsv)
+# is the one chosen on the validation patches (inference.threshold = validation) or the
+# configured number with its validation Dice; always made, so that a changed setting leaves
+# no stale file. A bundle records the number it was chosen as.
 THRESHOLD_JSON = [] if BUNDLE else "results/models/threshold.json"
 _train_px = {float(PLATES.loc[p, "pixel_size_um"]) for p in TRAINING}
 TRAINING_PIXEL_SIZE = _train_px.pop() if len(_train_px) == 1 else None
