@@ -38,8 +38,22 @@ def test_kill_during_predict_and_resume(demo_run, tmp_path):
         shutil.copytree(demo_run / name, work / name, symlinks=True)
     for name in ("locks", "incomplete", "log"):
         shutil.rmtree(work / ".snakemake" / name, ignore_errors=True)
-    for name in ("predictions", "instances", "tables", "figures", "qc"):
+    # (results/qc/skipped/ stays: it is written by import_annotations and
+    # correct_illumination, and without it everything from the import on would run again)
+    for name in ("predictions", "instances", "tables", "figures", "qc/overlays"):
         shutil.rmtree(work / "results" / name)
+    # The models, the training store and the plate stores as the finished demo left them:
+    # neither the killed run nor the resumed one may remake any of them.
+    trained = {
+        p: p.stat().st_mtime_ns
+        for p in [
+            *(work / "results/models").rglob("*.keras"),
+            work / "results/models/ensemble.tsv",
+            work / "results/models/threshold.json",
+            work / "results/training/manifest.parquet",
+            *(work / "results/plates").glob("*.ome.zarr/.snakemake_timestamp"),
+        ]
+    }
     # One job at a time, so the kill lands inside predict with earlier outputs complete.
     proc = subprocess.Popen(
         [str(BIN / "snakemake"), "--cores", "1"],
@@ -78,4 +92,5 @@ def test_kill_during_predict_and_resume(demo_run, tmp_path):
     out = proc2.stdout + proc2.stderr
     assert "rule train:" not in out and "rule augment:" not in out
     assert {p: p.stat().st_mtime_ns for p in done} == done
+    assert {p: p.stat().st_mtime_ns for p in trained} == trained
     assert differing_files(demo_run, work) == []
