@@ -105,7 +105,7 @@ import pandas as pd
 
 from .config import InferenceConfig
 from .errors import InputError
-from .metrics import choose_threshold
+from .metrics import choose_threshold, confusion_counts
 from .progress import progress
 from .tiling import (
     _axis_positions,
@@ -853,12 +853,8 @@ def validation_threshold(ensemble: Ensemble, images, masks, *, fixed: float | No
     best = choose_threshold(votes, list(masks))
     out = {**best, "chosen_on": "validation"}
     if fixed is not None:
-        tp = fp = fn = 0
-        for vote, mask in zip(votes, masks, strict=True):
-            pred, truth = vote > fixed, np.asarray(mask) != 0
-            tp += int(np.count_nonzero(pred & truth))
-            fp += int(np.count_nonzero(pred & ~truth))
-            fn += int(np.count_nonzero(~pred & truth))
+        counts = [confusion_counts(v > fixed, m) for v, m in zip(votes, masks, strict=True)]
+        tp, fp, fn = (sum(c[k] for c in counts) for k in ("tp", "fp", "fn"))
         dice = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
         out = {**best, "threshold": float(fixed), "dice": dice, "chosen_on": "config"}
     out.update(best_threshold=best["threshold"], best_dice=best["dice"])

@@ -1163,18 +1163,25 @@ def patch_set_pairs(
             plate,
         )
     fov: dict[str, np.ndarray] = {}
+    raw: dict[str, np.ndarray] = {}
     current = None
     kinds: dict[str, int] = {}
     for i, row in enumerate(df.to_dict("records")):
         if placed is not None and row["source"] != current:
             current = row["source"]
             group = df[df["source"] == current]
-            raws = [read_image(path, grey=True) for path in group["image"]]
+            raw = {
+                i: read_image(path, grey=True)
+                for i, path in zip(group["image_id"], group["image"], strict=True)
+            }
             offsets = list(zip(group["y0"], group["x0"], strict=True))
             fov = dict(
-                zip(group["image_id"], correct_field_of_view(raws, offsets, correct), strict=True)
+                zip(raw, correct_field_of_view(list(raw.values()), offsets, correct), strict=True)
             )
-        image = read_image(row["image"], grey=True)
+        # each patch is decoded once (the field of view of its source already read it)
+        image = (
+            raw.pop(row["image_id"]) if placed is not None else read_image(row["image"], grey=True)
+        )
         mask, _, info = read_mask(row["mask"], threshold=threshold, expect=mask_mode)
         kinds[info["kind"]] = kinds.get(info["kind"], 0) + 1
         if i + 1 == len(df):  # the decision per set, with counts (before the last yield)

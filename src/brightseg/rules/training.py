@@ -191,8 +191,8 @@ def choose_threshold(
     validation would have chosen (``best_threshold``, ``best_dice``): the file always says
     which threshold the predictions used, so a changed setting leaves no stale file behind.
     """
-    configured = InferenceConfig.coerce(inference).threshold
-    inf = InferenceConfig.coerce(inference).replace(threshold=0.5)
+    configured = InferenceConfig.coerce(inference)
+    inf = configured.replace(threshold=0.5)
     df = pd.read_parquet(manifest)
     val = df[df["split"] == "val"]
     if "variant" in val and (val["variant"] == 0).any():
@@ -205,7 +205,7 @@ def choose_threshold(
     x = images.oindex[index][..., 0].astype("float32") / 255.0
     y = masks.oindex[index]
     ens = load_ensemble(ensemble_tsv, inf)
-    fixed = None if configured == "validation" else float(configured)
+    fixed = None if configured.validation_threshold else float(configured.threshold)
     chosen = validation_threshold(ens, list(x), list(y), fixed=fixed)
     log.info(
         "threshold %.2f (%s) on %d validation patches: pooled Dice %.4f (%.4f at 0.5; "
