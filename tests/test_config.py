@@ -123,7 +123,8 @@ def test_defaults_come_from_the_schema_only():
     assert cfg.inference == InferenceConfig.from_dict({})
     assert cfg.inference.tile is None and cfg.inference.threshold == 0.5
     assert cfg.instances == InstancesConfig.from_dict(None)
-    assert cfg.illumination.mode == "black" and cfg.illumination.percentiles == (1.0, 99.8)
+    assert cfg.illumination.mode == "auto" and cfg.illumination.percentiles == (1.0, 99.8)
+    assert cfg.illumination.uncertain_mode == "black"
     assert cfg.training.epochs == 45 and cfg.models == ()
     assert cfg["keras_home"] == "results/keras" and cfg["on_bad_input"] == "error"
     # schema defaults are copied, never shared between configs

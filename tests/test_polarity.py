@@ -97,3 +97,123 @@ def test_correct_illumination_auto_decides_one_image():
         correct_illumination(bright, 30, mode="auto"),
         correct_illumination(bright, 30, mode="white"),
     )
+
+
+# --------------------------------------------------------------------------- per-plate choice
+
+
+@pytest.mark.parametrize(
+    "configured, stat, expected",
+    [
+        ("auto", -0.5, ("black", "ok")),
+        ("auto", 0.4, ("white", "ok")),
+        ("auto", 0.03, ("black", "uncertain")),
+        ("black", 0.4, ("black", "disagrees")),
+        ("white", -0.3, ("white", "disagrees")),
+        ("black", -0.3, ("black", "ok")),
+        ("white", 0.05, ("white", "ok")),  # within the margin: no evidence against it
+    ],
+)
+def test_choose_polarity(configured, stat, expected):
+    from brightseg.illumination import choose_polarity
+
+    assert choose_polarity(configured, stat) == expected
+
+
+def test_choose_polarity_uncertain_mode_and_bad_mode():
+    from brightseg.errors import InputError
+    from brightseg.illumination import choose_polarity
+
+    assert choose_polarity("auto", -0.02, uncertain_mode="white") == ("white", "uncertain")
+    with pytest.raises(InputError, match="white, black or auto"):
+        choose_polarity("dark", 0.5)
+
+
+def _plate_dir(root, invert: bool, n: int = 2):
+    import tifffile
+
+    root.mkdir()
+    truths = []
+    for i in range(n):
+        scene = render_scene((128, 128), 8, np.random.default_rng(i), mean_radius_px=8.0)
+        im = scene.image
+        if invert:  # bright cells on a dark background
+            im = (im.max() - im).astype(im.dtype)
+        tifffile.imwrite(root / f"q_A0{i + 1}_f00_t00.tif", im)
+        truths.append(scene.labels > 0)
+    return truths
+
+
+def _correct(images, store, mode, tmp_path):
+    from brightseg.rules.preprocess import correct_illumination
+
+    correct_illumination(
+        str(images),
+        str(store),
+        str(tmp_path / f"{store.stem}.skipped.tsv"),
+        plate=store.name.split(".")[0],
+        regex=r"_(?P<row>[A-P])(?P<column>\d{2})_f(?P<field>\d+)_t(?P<timepoint>\d+)$",
+        modality="brightfield",
+        pixel_size_um=0.65,
+        illumination={"radius": 20, "unit": "px", "mode": mode, "method": "fast"},
+        chunk=256,
+    )
+
+
+def test_plates_of_both_polarities_give_cells_bright(tmp_path, caplog):
+    """Dark-on-bright and bright-on-dark synthetic plates: `auto` picks black and white, so
+    both corrected stores show the cells bright; a fixed `black` on the bright-cell plate is
+    flagged `disagrees` with a warning; the QC table lists the three plates."""
+    import logging
+
+    from brightseg.platestore import open_plate
+    from brightseg.rules.preprocess import polarity_report
+
+    truths = _plate_dir(tmp_path / "dark", invert=False)
+    _plate_dir(tmp_path / "bright", invert=True)
+    stores = {
+        "dark": tmp_path / "dark.ome.zarr",
+        "bright": tmp_path / "bright.ome.zarr",
+        "forced": tmp_path / "forced.ome.zarr",
+    }
+    _correct(tmp_path / "dark", stores["dark"], "auto", tmp_path)
+    _correct(tmp_path / "bright", stores["bright"], "auto", tmp_path)
+    with caplog.at_level(logging.WARNING):
+        _correct(tmp_path / "bright", stores["forced"], "black", tmp_path)
+    assert any("may be segmented inverted" in r.getMessage() for r in caplog.records)
+
+    # The white top-hat of the inverted image is the black top-hat of the original, so
+    # `auto` makes the two plates' corrected images the same; the forced one differs.
+    read = {
+        name: [st.read(i).astype(float) for i in st.images.sort_values("column")["image_id"]]
+        for name, st in ((n, open_plate(p, mode="r")) for n, p in stores.items())
+    }
+    for k in range(2):
+        inside = truths[k]
+        assert read["dark"][k][inside].mean() > read["dark"][k][~inside].mean()
+        r_auto = np.corrcoef(read["dark"][k].ravel(), read["bright"][k].ravel())[0, 1]
+        r_forced = np.corrcoef(read["dark"][k].ravel(), read["forced"][k].ravel())[0, 1]
+        assert r_auto > 0.99 and r_forced < 0.5, (r_auto, r_forced)
+
+    df = polarity_report([str(p) for p in stores.values()], str(tmp_path / "polarity.tsv"))
+    by = df.set_index("plate")
+    assert by.loc["dark", "mode_used"] == "black" and by.loc["dark", "flag"] == "ok"
+    assert by.loc["bright", "mode_used"] == "white" and by.loc["bright", "flag"] == "ok"
+    assert by.loc["forced", "mode_configured"] == "black"
+    assert by.loc["forced", "flag"] == "disagrees" and by.loc["forced", "statistic"] > 0.1
+    assert by.loc["dark", "statistic"] < -0.1
+    text = (tmp_path / "polarity.tsv").read_text()
+    assert text.splitlines()[0].split("\t")[:5] == [
+        "plate",
+        "mode_configured",
+        "mode_used",
+        "statistic",
+        "flag",
+    ]
+
+
+def test_default_mode_is_auto():
+    from brightseg.config import IlluminationConfig
+
+    cfg = IlluminationConfig.from_dict({"radius": 40})
+    assert cfg.mode == "auto" and cfg.uncertain_mode == "black"

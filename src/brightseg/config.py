@@ -264,6 +264,7 @@ class IlluminationConfig(Block):
     mode: str
     method: str
     percentiles: tuple[float, float]
+    uncertain_mode: str
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,12 @@ def _load(images: Path, masks: Path, cfg: dict, pixel_size_um: float) -> list[di
         if mask.shape != raw.shape:
             raise InputError(mpath, f"mask shape {mask.shape} != image shape {raw.shape}")
         corrected = correct_illumination(
-            raw, radius, mode=ill["mode"], method=ill["method"], percentiles=ill["percentiles"]
+            raw,
+            radius,
+            mode=ill["mode"],
+            method=ill["method"],
+            percentiles=ill["percentiles"],
+            uncertain_mode=ill.get("uncertain_mode", "black"),
         )
         if labels is None:
             from .annotations.maskfolder import mask_to_labels

@@ -331,6 +331,51 @@ def decide_polarity(
     return ("white" if stat > 0 else "black"), stat, bool(abs(stat) < margin)
 
 
+POLARITY_FLAGS = ("ok", "uncertain", "disagrees")
+
+
+def choose_polarity(
+    configured: str,
+    statistic: float,
+    *,
+    uncertain_mode: str = "black",
+    margin: float = POLARITY_MARGIN,
+) -> tuple[str, str]:
+    """The top-hat mode a plate is corrected with, and whether to flag it for review.
+
+    Parameters
+    ----------
+    configured : {"auto", "black", "white"}
+        The plate's ``illumination.mode`` (config or sheet).
+    statistic : float
+        :func:`decide_polarity`'s median log ratio of white to black top-hat energy.
+    uncertain_mode : {"black", "white"}
+        The mode ``auto`` falls back to when ``|statistic| < margin``.
+    margin : float
+        Half-width of the uncertain band around 0.
+
+    Returns
+    -------
+    (str, str)
+        The mode used and a flag: ``"ok"``; ``"uncertain"`` (``auto`` with ``|statistic| <
+        margin``: ``uncertain_mode`` was used); ``"disagrees"`` (a fixed mode that the
+        statistic contradicts by more than ``margin``: the cells may be inverted).
+    """
+    configured = str(configured)
+    if configured not in (*MODES, "auto"):
+        raise InputError(
+            None, f"illumination mode must be white, black or auto, got {configured!r}"
+        )
+    _check_mode(uncertain_mode)
+    uncertain = abs(statistic) < margin
+    suggested = "white" if statistic > 0 else "black"
+    if configured == "auto":
+        return (uncertain_mode, "uncertain") if uncertain else (suggested, "ok")
+    if not uncertain and suggested != configured:
+        return configured, "disagrees"
+    return configured, "ok"
+
+
 def normalize_percentile(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
     """Stretch ``image`` so that its ``low``/``high`` percentiles map to 0/1, clipped.
 
@@ -371,6 +416,7 @@ def correct_illumination(
     mode: str = "white",
     method: str = "fast",
     percentiles: tuple[float, float] = (1.0, 99.8),
+    uncertain_mode: str = "black",
 ) -> np.ndarray:
     """Top-hat background removal followed by percentile normalisation.
 
@@ -385,6 +431,8 @@ def correct_illumination(
         :func:`decide_polarity` (the plate rule decides once per plate instead).
     percentiles : (float, float)
         Low/high percentiles of the top-hat mapped to 0 and 1.
+    uncertain_mode : {"black", "white"}
+        The mode ``"auto"`` uses when the decision is uncertain (:func:`choose_polarity`).
 
     Returns
     -------
@@ -392,9 +440,13 @@ def correct_illumination(
         Corrected image in [0, 1].
     """
     if mode == "auto":
-        mode, stat, uncertain = decide_polarity([image], radius_px, method=method)
-        (log.warning if uncertain else log.info)(
-            "polarity statistic %.3f -> mode %s%s", stat, mode, " (uncertain)" if uncertain else ""
+        _, stat, _ = decide_polarity([image], radius_px, method=method)
+        mode, flag = choose_polarity("auto", stat, uncertain_mode=uncertain_mode)
+        (log.warning if flag != "ok" else log.info)(
+            "polarity statistic %+.3f -> mode %s%s",
+            stat,
+            mode,
+            " (uncertain: illumination.uncertain_mode)" if flag != "ok" else "",
         )
     th = tophat(image, radius_px, mode=mode, method=method)
     return normalize_percentile(th, *percentiles)

@@ -116,7 +116,12 @@ def segment_images(
         raw = read_image(path).astype("float32")
         image = quantise(
             correct_illumination(
-                raw, radius_px, mode=ill.mode, method=ill.method, percentiles=tuple(ill.percentiles)
+                raw,
+                radius_px,
+                mode=ill.mode,
+                method=ill.method,
+                percentiles=tuple(ill.percentiles),
+                uncertain_mode=ill.uncertain_mode,
             )
         )
         _, prob, mask = ens.predict(image)

@@ -431,13 +431,23 @@ def _val_specs(data: PatchData, batch: int, size: int, steps: int | None, seed: 
     ]
 
 
-def make_dataset(data: PatchData, spec_source, size: int, cardinality: int | None = None):
+def make_dataset(
+    data: PatchData,
+    spec_source,
+    size: int,
+    cardinality: int | None = None,
+    *,
+    parallel: bool = True,
+):
     """tf.data pipeline: batch specs -> parallel reads -> prefetch.
 
     ``spec_source`` is a callable returning a generator of ``(B, 3)`` int64
     batch specs ``(index, y0, x0)``.  Reads run in ``tf.numpy_function`` with
     ``num_parallel_calls=AUTOTUNE`` (order kept, ``deterministic=True``) and
     the result is prefetched (AUTOTUNE), so loading overlaps the model step.
+    ``parallel=False`` maps sequentially: under op determinism TensorFlow turns the
+    parallel map into a sequential one anyway, and that rewrite logs
+    ``NodeDef mentions attribute use_unbounded_threadpool`` to stderr (TF 2.21).
     """
     ds = tf.data.Dataset.from_generator(
         spec_source, output_signature=tf.TensorSpec((None, 3), tf.int64)
@@ -453,7 +463,10 @@ def make_dataset(data: PatchData, spec_source, size: int, cardinality: int | Non
         y.set_shape((None, size, size, 1))
         return x, y
 
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if parallel:
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        ds = ds.map(load)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -839,9 +852,11 @@ def train_model(
             run_eagerly=run_eagerly,
         )
         sampler = _Sampler(data, batch_size, steps, size, seed, wait=hard_mining)
-        train_ds = make_dataset(data, sampler, size)
+        train_ds = make_dataset(data, sampler, size, parallel=not deterministic)
         val_batches = _val_specs(data, batch_size, size, val_steps, seed)
-        val_ds = make_dataset(data, lambda: iter(val_batches), size, len(val_batches))
+        val_ds = make_dataset(
+            data, lambda: iter(val_batches), size, len(val_batches), parallel=not deterministic
+        )
         epoch_cb = _EpochCallback(out_dir, ckpt_dir, epochs, label)
         callbacks = []
         if hard_mining:

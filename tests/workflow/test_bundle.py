@@ -24,6 +24,7 @@ PER_PLATE = {
     "measure_cells": 1,
     "aggregate_tables": 1,
     "skipped_report": 1,
+    "polarity_report": 1,
     "all": 1,
 }
 

@@ -22,6 +22,7 @@ PER_PLATE_AND_AGGREGATES = {
     "measure_cells": 1,
     "aggregate_tables": 1,
     "skipped_report": 1,
+    "polarity_report": 1,
     "figures": 1,
     "all": 1,
 }

@@ -214,7 +214,7 @@ def all_targets():
     targets = expand("results/plates/{plate}.ome.zarr", plate=PLATE_IDS)
     targets += expand("results/annotations/{plate}/manifest.parquet", plate=ANNOTATED)
     if PLATE_IDS:
-        targets.append("results/qc/skipped.tsv")
+        targets += ["results/qc/skipped.tsv", "results/qc/polarity.tsv"]
     if BUNDLE:
         targets += evalset_targets()
         if PLATE_IDS:

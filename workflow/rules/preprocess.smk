@@ -49,6 +49,19 @@ rule correct_illumination:
         "../../scripts/correct_illumination.py"
 
 
+rule polarity_report:
+    input:
+        expand("results/plates/{plate}.ome.zarr", plate=PLATE_IDS),
+    output:
+        "results/qc/polarity.tsv",
+    log:
+        "logs/polarity_report.log",
+    conda:
+        "../../envs/imaging.yaml"
+    script:
+        "../../scripts/polarity_report.py"
+
+
 rule skipped_report:
     input:
         expand("results/qc/skipped/correct_illumination/{plate}.tsv", plate=PLATE_IDS),

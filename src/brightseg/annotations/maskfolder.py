@@ -1354,6 +1354,7 @@ def _corrector(illumination: Mapping[str, Any] | None, pixel_size_um: float):
             mode=illumination.get("mode", "white"),
             method=illumination.get("method", "fast"),
             percentiles=tuple(illumination.get("percentiles", (1.0, 99.8))),
+            uncertain_mode=illumination.get("uncertain_mode", "black"),
         )
 
     return correct

@@ -143,6 +143,7 @@ def evalset_compare(
                     mode=illum.mode,
                     method=illum.method,
                     percentiles=illum.percentiles,
+                    uncertain_mode=illum.uncertain_mode,
                 )
                 truth = read_mask(
                     row["mask"], threshold=threshold, expect=spec.get("mask_mode", "auto")

@@ -206,7 +206,12 @@ def livecell_predict(
         for row in idx.itertuples(index=False):
             raw = read_image(row.image_path).astype(np.float32)
             image = correct_illumination(
-                raw, radius, mode=illum.mode, method=illum.method, percentiles=illum.percentiles
+                raw,
+                radius,
+                mode=illum.mode,
+                method=illum.method,
+                percentiles=illum.percentiles,
+                uncertain_mode=illum.uncertain_mode,
             )
             truth = read_image(root / row.labels_path)
             extra = {"image": row.image, "cell_line": row.cell_line, "group": row.group}

@@ -12,8 +12,8 @@ from ..annotations.cvat import import_cvat
 from ..annotations.maskfolder import import_mask_annotations
 from ..config import AnnotationsConfig, IlluminationConfig
 from ..errors import InputError
+from ..illumination import POLARITY_MARGIN, choose_polarity, decide_polarity, radius_to_px
 from ..illumination import correct_illumination as _correct
-from ..illumination import decide_polarity, radius_to_px
 from ..io import read_image, warn_low_bit_depth, write_text
 from ..limits import Limits
 from ..platestore import write_plate
@@ -127,18 +127,50 @@ def correct_illumination(
         raise InputError(images_spec, f"plate {plate!r}: no readable images")
     table = pd.DataFrame(good)
 
-    mode = cfg.mode
-    extra: dict = {}
-    if mode == "auto":
-        idx = np.unique(np.linspace(0, len(table) - 1, min(8, len(table))).round().astype(int))
-        sample = [read_image(table.iloc[i].path, limits=limits) for i in idx]
-        mode, stat, uncertain = decide_polarity(sample, radius_px, method=cfg.method)
-        log.info("plate %s: polarity statistic %.3f -> mode %s", plate, stat, mode)
-        if uncertain:
-            log.warning(
-                "plate %s: polarity uncertain (statistic %.3f); using %s", plate, stat, mode
-            )
-        extra = {"mode_decided": mode, "polarity_statistic": stat, "polarity_uncertain": uncertain}
+    # The polarity statistic of every plate (up to 8 of its images): it decides `auto`
+    # and catches a fixed mode that contradicts the images (cells would come out inverted).
+    idx = np.unique(np.linspace(0, len(table) - 1, min(8, len(table))).round().astype(int))
+    sample = [read_image(table.iloc[i].path, limits=limits) for i in idx]
+    _, stat, _ = decide_polarity(sample, radius_px, method=cfg.method)
+    mode, flag = choose_polarity(cfg.mode, stat, uncertain_mode=cfg.uncertain_mode)
+    del sample
+    log.info(
+        "plate %s: polarity statistic %+.3f (log white/black top-hat energy, %d images) -> "
+        "mode %s (configured %s)",
+        plate,
+        stat,
+        len(idx),
+        mode,
+        cfg.mode,
+    )
+    if flag == "uncertain":
+        log.warning(
+            "plate %s: polarity uncertain (statistic %+.3f, |s| < %.2f); using "
+            "illumination.uncertain_mode = %s. Check results/qc/polarity.tsv and set "
+            "illumination_mode for this plate in the sheet if its cells are %s than the "
+            "background",
+            plate,
+            stat,
+            POLARITY_MARGIN,
+            mode,
+            "brighter" if mode == "black" else "darker",
+        )
+    elif flag == "disagrees":
+        log.warning(
+            "plate %s: illumination mode %s, but the polarity statistic %+.3f says the cells "
+            "are %s than the background: they may be segmented inverted. Set "
+            "illumination_mode for this plate in the sheet (or auto)",
+            plate,
+            mode,
+            stat,
+            "brighter" if stat > 0 else "darker",
+        )
+    extra = {
+        "mode_decided": mode,
+        "polarity_statistic": stat,
+        "polarity_uncertain": flag == "uncertain",
+        "polarity_flag": flag,
+    }
 
     def load(row) -> np.ndarray:
         img = read_image(row.path, limits=limits).astype("float32")
@@ -146,9 +178,7 @@ def correct_illumination(
             img, radius_px, mode=mode, method=cfg.method, percentiles=tuple(cfg.percentiles)
         )
 
-    log.info(
-        "plate %s: %d images, top-hat radius %d px (%s)", plate, len(table), radius_px, cfg.mode
-    )
+    log.info("plate %s: %d images, top-hat radius %d px (%s)", plate, len(table), radius_px, mode)
     write_plate(
         store,
         plate,
@@ -160,6 +190,52 @@ def correct_illumination(
         metadata={"illumination": dict(cfg.as_dict(), radius_px=radius_px, **extra)},
     )
     write_skipped(skip_rows, skipped, stage="correct_illumination", plate=plate)
+
+
+POLARITY_COLUMNS = [
+    "plate",
+    "mode_configured",
+    "mode_used",
+    "statistic",
+    "flag",
+    "modality",
+    "store",
+]
+
+
+def polarity_report(stores: list[str], out: str) -> pd.DataFrame:
+    """Rule ``polarity_report``: each plate's top-hat polarity into ``results/qc/polarity.tsv``.
+
+    One row per plate store: the configured mode (``auto``, ``black`` or ``white``), the mode
+    used, the statistic of :func:`brightseg.illumination.decide_polarity` and a flag
+    (``ok``, ``uncertain``: ``auto`` fell back to ``illumination.uncertain_mode``,
+    ``disagrees``: a fixed mode the images contradict).  Plates flagged are logged.
+    """
+    from ..platestore import open_plate
+
+    rows = []
+    for path in stores:
+        store = open_plate(path, mode="r")
+        ill = dict(store.metadata.get("illumination") or {})
+        stat = ill.get("polarity_statistic")
+        rows.append(
+            {
+                "plate": store.plate,
+                "mode_configured": ill.get("mode", ""),
+                "mode_used": ill.get("mode_decided", ill.get("mode", "")),
+                "statistic": round(float(stat), 4) if stat is not None else float("nan"),
+                "flag": ill.get("polarity_flag", ""),
+                "modality": store.modality,
+                "store": str(path),
+            }
+        )
+    df = pd.DataFrame(rows, columns=POLARITY_COLUMNS).sort_values("plate", kind="stable")
+    flagged = df[~df["flag"].isin(["ok", ""])]
+    for row in flagged.itertuples(index=False):
+        log.warning("plate %s: polarity %s (statistic %+.3f)", row.plate, row.flag, row.statistic)
+    log.info("%d plates, %d flagged for polarity review", len(df), len(flagged))
+    write_text(df.to_csv(sep="\t", index=False, float_format="%.4f"), out)
+    return df
 
 
 def skipped_report(paths: list[str], out: str) -> pd.DataFrame:
