@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -56,6 +57,10 @@ def test_cv_two_folds_tiny(tmp_path):
     assert r.exit_code == 0, r.output + repr(r.exception)
     last = r.output.strip().splitlines()[-1]
     assert last.startswith("dice=") and "f1_50=" in last and "folds=2" in last
+    assert "f1_50_tuned=" in last  # watershed settings chosen on each fold's validation images
+    per_fold = pd.read_csv(out / "per_fold.tsv", sep="\t")
+    for chosen in per_fold["instances_tuned"]:
+        assert set(json.loads(chosen)) <= {"h_um", "min_area_um2"}
     assert (out / "summary.json").is_file() and (out / "summary.md").is_file()
     assert (out / "fold_0" / "per_image.tsv").is_file()
     # one fold alone (one cluster job per fold): only that fold is trained and scored

@@ -387,11 +387,18 @@ def bench_dag_cmd(n_plates, workdir):
 @click.option("--out", "out", default="results/cv", show_default=True)
 @click.option("--pixel-size-um", default=1.0, show_default=True, type=float)
 @click.option("--fold", "only", default=None, type=int, help="Run only this fold (0-based).")
+@click.option(
+    "--tune-instances/--no-tune-instances",
+    default=True,
+    show_default=True,
+    help="Also choose instances.h_um / min_area_um2 on each fold's validation images.",
+)
 @_handle_errors
-def cv_cmd(images, masks, folds, config, minutes, out, pixel_size_um, only):
+def cv_cmd(images, masks, folds, config, minutes, out, pixel_size_um, only, tune_instances):
     """k-fold cross-validation (grouped by image) of a training recipe on images + masks.
 
-    Ends with ``dice= precision= recall= f1_50= folds= minutes=`` (means over folds).
+    Ends with ``dice= precision= recall= f1_50= [f1_50_tuned=] folds= minutes=`` (means over
+    folds; f1_50_tuned with the watershed settings chosen on each fold's validation images).
     """
     from .crossval import run_cv, summary_line
 
@@ -406,6 +413,7 @@ def cv_cmd(images, masks, folds, config, minutes, out, pixel_size_um, only):
         minutes=minutes,
         pixel_size_um=pixel_size_um,
         only=only,
+        tune_instances=tune_instances,
     )
     click.echo(summary_line(s))
 
