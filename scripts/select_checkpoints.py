@@ -8,4 +8,5 @@ with log_to(snakemake.log[0]):
         list(snakemake.input.histories),
         snakemake.output[0],
         ensemble=dict(snakemake.params.ensemble),
+        tta=dict(snakemake.params.tta),
     )

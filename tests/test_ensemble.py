@@ -548,3 +548,88 @@ def test_predict_plate_on_platestore(tmp_path):
     again = predict_plate(platestore.open_plate(path), [rec, rec], tile=32, overlap=8)
     assert again.attrs["resumed"] == 3 and rec.batches == []
     np.testing.assert_allclose(again["foreground_fraction"], df["foreground_fraction"])
+
+
+# --------------------------------------------------------------------------- per-model TTA
+
+
+class Counter:
+    """Wraps a predictor and counts the tiles (not padding) it is asked to predict."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.tiles = 0
+
+    def __call__(self, batch):
+        self.tiles += int(np.count_nonzero(batch.reshape(len(batch), -1).any(axis=1)))
+        return self.fn(batch)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_per_model_tta_changes_only_that_models_maps(batch_size):
+    """models[].tta: one flag per model; each model's map is the one it gives alone."""
+    rng = np.random.default_rng(11)
+    img = rng.uniform(0.05, 1.0, (80, 72)).astype(np.float32)  # no all-zero tile
+    kw = {"tile": 32, "overlap": 8, "batch_size": batch_size}
+    alone_tta = predict_image(img, [position_model], tta=True, **kw)[0]
+    alone_plain = predict_image(img, [position_model], tta=False, **kw)[0]
+    assert np.abs(alone_tta - alone_plain).max() > 1e-2  # not flip-equivariant
+    with_tta, without = Counter(position_model), Counter(position_model)
+    mixed = predict_image(img, [with_tta, without], tta=[True, False], **kw)
+    np.testing.assert_allclose(mixed[0], alone_tta, atol=1e-6)
+    np.testing.assert_allclose(mixed[1], alone_plain, atol=1e-6)
+    # the model without TTA predicts each tile once, the other one 8 times
+    n_tiles = len(tile_grid(80, 72, 32, 8))
+    assert without.tiles == n_tiles and with_tta.tiles == 8 * n_tiles
+    swapped = predict_image(img, [position_model, position_model], tta=[False, True], **kw)
+    np.testing.assert_allclose(swapped[0], alone_plain, atol=1e-6)
+    np.testing.assert_allclose(swapped[1], alone_tta, atol=1e-6)
+    # uniform flags are the plain bool
+    both = predict_image(img, [position_model, identity], tta=[True, True], **kw)
+    np.testing.assert_array_equal(
+        both, predict_image(img, [position_model, identity], tta=True, **kw)
+    )
+    with pytest.raises(InputError, match="2 TTA flags for 1 models"):
+        predict_image(img, [position_model], tta=[True, False], **kw)
+
+
+def test_per_model_tta_on_a_plate_and_in_the_summary():
+    rng = np.random.default_rng(12)
+    images = {
+        f"im{i}": rng.uniform(0.05, 1.0, (40 + 8 * i, 56)).astype(np.float32) for i in range(3)
+    }
+    kw = {"tile": 32, "overlap": 8, "batch_size": 3}
+    store = FakeStore(images)
+    df = predict_plate(store, [position_model, identity], tta=[True, False], **kw)
+    assert list(df["tta"]) == ["10"] * 3
+    for key in images:
+        img = store.read(key)
+        probs = predict_image(img, [position_model, identity], tta=[True, False], **kw)
+        expected = np.rint(255 * probs.mean(axis=0)).astype(np.uint8)
+        np.testing.assert_array_equal(store.read_label(key, "prob"), expected)
+
+
+def test_ensemble_reads_per_model_tta_from_its_table(tmp_path):
+    """The tta column of ensemble.tsv (models[].tta) overrides inference.tta per checkpoint."""
+    keras = pytest.importorskip("keras")
+    from brightseg.config import InferenceConfig
+
+    inputs = keras.Input((32, 32, 3))
+    conv = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid")(inputs)
+    model = keras.Model(inputs, conv)
+    model.set_weights([np.arange(27, dtype=np.float32).reshape(3, 3, 3, 1) / 27 - 0.5, np.zeros(1)])
+    table = pd.DataFrame({"path": ["a.keras", "b.keras", "c.keras"], "tta": [True, np.nan, False]})
+    inf = InferenceConfig.coerce({"tta": False, "overlap": 8, "batch_size": 4})
+    ens = ensemble.Ensemble(table, [model] * 3, inf)
+    assert ens.tta == [True, False, False]
+    assert ensemble.Ensemble(table, [model] * 3, inf.replace(tta=True)).tta == [True, True, False]
+    img = np.random.default_rng(13).random((48, 40), dtype=np.float32)
+    probs, _, _ = ens.predict(img)
+    assert np.abs(probs[0] - probs[1]).max() > 1e-3  # the asymmetric kernel: TTA matters
+    np.testing.assert_array_equal(probs[1], probs[2])
+    plain = ensemble.Ensemble(table.drop(columns="tta"), [model] * 3, inf)
+    assert plain.tta == [False] * 3
+    np.testing.assert_array_equal(plain.predict(img)[0][1], probs[1])
+    bad = table.assign(tta=["maybe", "", ""])
+    with pytest.raises(InputError, match="tta column"):
+        ensemble.Ensemble(bad, [model] * 3, inf)

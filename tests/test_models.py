@@ -246,7 +246,15 @@ def test_bad_inputs(tmp_path):
 @pytest.mark.slow
 def test_param_table():
     df = param_table()
-    assert list(df.columns) == ["name", "total", "trainable", "paper_total", "paper_trainable"]
+    assert list(df.columns) == [
+        "name",
+        "total",
+        "trainable",
+        "gflops",
+        "paper_total",
+        "paper_trainable",
+    ]
+    assert (df["gflops"] > 0).all()
     assert set(df["name"]) == set(ARCHITECTURES)
     paper = df.dropna()
     assert len(paper) == 3

@@ -124,3 +124,32 @@ def test_backbone_table_hand_values():
     assert backbone_table(h, params).iloc[0]["params_total"] == 5
     with pytest.raises(InputError, match="val_f1"):
         backbone_table(h.drop(columns="val_f1"))
+
+
+def test_select_checkpoints_rule_writes_per_model_tta(tmp_path):
+    """models[].tta reaches ensemble.tsv as a tta column (empty: inference.tta)."""
+    from brightseg.ensemble import _table_tta, read_ensemble
+    from brightseg.rules.training import select_checkpoints as select_rule
+
+    histories = []
+    for model in ("fpn_resnet18", "unet_resnet18", "small_unet"):
+        d = tmp_path / model / "bce_dice"
+        (d / "checkpoints").mkdir(parents=True)
+        pd.DataFrame({"epoch": [1, 2], "val_loss": [1.0, 0.9], "val_f1": [0.2, 0.3]}).to_csv(
+            d / "history.csv", index=False
+        )
+        for e in (1, 2):
+            (d / "checkpoints" / f"epoch_{e:02d}.keras").write_bytes(b"x")
+        histories.append(str(d / "history.csv"))
+    out = tmp_path / "ensemble.tsv"
+    tta = {"fpn_resnet18/bce_dice": True, "unet_resnet18/bce_dice": False}
+    select_rule(histories, str(out), ensemble={"top_k": 6}, tta=tta)
+    table = read_ensemble(out)
+    assert list(table.columns) == [*ENSEMBLE_COLUMNS, "tta"]
+    want = {"fpn_resnet18": True, "unet_resnet18": False}
+    for default in (False, True):
+        flags = _table_tta(table, default, "test")
+        assert flags == [want.get(m, default) for m in table["model"]]
+    # no per-model setting: the table is what it always was
+    select_rule(histories, str(out), ensemble={"top_k": 6}, tta={})
+    assert list(pd.read_csv(out, sep="\t").columns) == ENSEMBLE_COLUMNS

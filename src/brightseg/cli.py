@@ -273,7 +273,8 @@ def segment_cmd(images, model, out_dir, pixel_size_um, config_path):
 
 @main.command("models")
 def models_cmd():
-    """Parameter counts of every architecture next to the paper's numbers."""
+    """Parameters (total, trainable with the encoder frozen) and GFLOPs per 256x256 image
+    of every architecture, next to the paper's parameter counts."""
     from .models import param_table
 
     click.echo(param_table().to_string(index=False))

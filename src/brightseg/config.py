@@ -338,6 +338,9 @@ class ModelSpec(Block):
     encoder_weights: str | None
     model_kwargs: dict
     loss_kwargs: dict
+    #: Test-time augmentation of this model's checkpoints (None: ``inference.tta``); an
+    #: inference setting, so the ``train`` rule's params leave it out.
+    tta: bool | None = None
 
     @classmethod
     def from_dict(cls, value: Mapping | None, *, source: str = "") -> ModelSpec:

@@ -179,7 +179,9 @@ def run_cv(
     seed = int(cfg.get("seed", 0))
     tr = dict(cfg["training"])
     spec = dict(cfg["models"][0])
-    inference = cfg["inference"]
+    inference = dict(cfg["inference"])
+    if spec.get("tta") is not None:  # models[].tta overrides inference.tta
+        inference["tta"] = bool(spec["tta"])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = _load(Path(images), Path(masks), cfg, pixel_size_um)

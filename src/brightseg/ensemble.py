@@ -19,7 +19,11 @@ probability maps are then combined by :func:`vote`:
 
 Optional test-time augmentation (``tta=True``) runs the 8 dihedral transforms
 (rotations by 90 degrees and their mirror images) of every tile and averages
-the exactly inverted outputs per model before voting.
+the exactly inverted outputs per model before voting.  ``tta`` may also be one
+flag per model (``models[].tta`` in the config, the ``tta`` column of
+``ensemble.tsv``): the transformed tiles then go in batches of their own that
+only the models with TTA predict, so a model without it costs what it costs
+alone.
 
 Pipeline
 --------
@@ -362,6 +366,32 @@ def _new_stats() -> dict:
     }
 
 
+def tta_flags(tta: bool | Sequence[bool], n_models: int) -> list[bool]:
+    """One test-time-augmentation flag per model from a flag for all or one per model.
+
+    Raises
+    ------
+    InputError
+        A sequence whose length is not ``n_models``.
+    """
+    if isinstance(tta, bool | np.bool_ | int):
+        return [bool(tta)] * n_models
+    flags = [bool(f) for f in tta]
+    if len(flags) != n_models:
+        raise InputError("tta", f"{len(flags)} TTA flags for {n_models} models")
+    return flags
+
+
+def _tta_label(tta: bool | Sequence[bool]) -> bool | str:
+    """The summary's ``tta``: a bool, or one 0/1 per model where they differ."""
+    if isinstance(tta, bool | np.bool_ | int):
+        return bool(tta)
+    flags = [bool(f) for f in tta]
+    if len(set(flags)) <= 1:
+        return bool(flags and flags[0])
+    return "".join("1" if f else "0" for f in flags)
+
+
 def _as_tiles(out: Any, n: int, tile: int) -> np.ndarray:
     arr = np.asarray(out, dtype=np.float32)
     if arr.ndim == 4 and arr.shape[-1] == 1:
@@ -380,7 +410,7 @@ def _run(
     tile: int,
     overlap: int,
     batch_size: int,
-    tta: bool,
+    tta: bool | Sequence[bool],
     reduce: Callable[[np.ndarray], tuple[np.ndarray, ...]],
     on_result: Callable[[Hashable, list[np.ndarray]], None],
     total: int | None = None,
@@ -397,10 +427,17 @@ def _run(
         raise InputError("ensemble", "no models to predict with")
     stats = _new_stats() if stats is None else stats
     n_models = len(predictors)
-    transforms = tta_transforms() if tta else tta_transforms()[:1]
+    flags = tta_flags(tta, n_models)
+    transforms = tta_transforms() if any(flags) else tta_transforms()[:1]
     n_tta = len(transforms)
     window = blend_window(tile, overlap)
-    window_tta = (window / np.float32(n_tta)).astype(np.float32)
+    # per model: the transforms it averages and the weight of each
+    model_tta = [n_tta if f else 1 for f in flags]
+    model_window = [(window / np.float32(n)).astype(np.float32) for n in model_tta]
+    # transform k goes to the models that use it; one batch stream per set of models
+    readers = [tuple(m for m in range(n_models) if k < model_tta[m]) for k in range(n_tta)]
+    groups = list(dict.fromkeys(readers))
+    stream_of = [groups.index(r) for r in readers]
 
     slots = threading.Semaphore(prefetch + 1)
     q_jobs: queue.Queue = queue.Queue()
@@ -421,55 +458,71 @@ def _run(
         pipe.put(q_jobs, _END)
 
     def producer() -> None:
-        batch = np.empty((batch_size, tile, tile, 3), dtype=np.float32)
-        meta: list[tuple] = []
+        batches = [np.empty((batch_size, tile, tile, 3), dtype=np.float32) for _ in groups]
+        metas: list[list[tuple]] = [[] for _ in groups]
+        seq = 0
         while (job := pipe.get(q_jobs)) is not _END:
-            n_tiles = len(job.ys) * len(job.xs) * n_tta
-            i = 0
+            last_y, last_x = job.ys[-1], job.xs[-1]
             for y in job.ys:
                 band = job.band(y, tile)
                 for x in job.xs:
                     patch = band[:, x : x + tile]
+                    last = y == last_y and x == last_x
                     for k, tr in enumerate(transforms):
-                        batch[len(meta)] = tr.forward(patch)[..., None]
-                        i += 1
-                        meta.append((job, y, x, k, i == n_tiles))
-                        if len(meta) == batch_size:
-                            pipe.put(q_batches, (batch, meta))
-                            batch = np.empty_like(batch)
-                            meta = []
+                        g = stream_of[k]
+                        batches[g][len(metas[g])] = tr.forward(patch)[..., None]
+                        metas[g].append((seq, job, y, x, k, last))
+                        if len(metas[g]) == batch_size:
+                            pipe.put(q_batches, (g, batches[g], metas[g]))
+                            batches[g] = np.empty_like(batches[g])
+                            metas[g] = []
+                    seq += 1
             job.source = band = patch = None  # release the input image
             slots.release()
-        if meta:
-            batch[len(meta) :] = 0
-            stats["n_padded_slots"] += batch_size - len(meta)
-            pipe.put(q_batches, (batch, meta))
+        for g, meta in enumerate(metas):
+            if meta:
+                batches[g][len(meta) :] = 0
+                stats["n_padded_slots"] += batch_size - len(meta)
+                pipe.put(q_batches, (g, batches[g], meta))
         pipe.put(q_batches, _END)
 
     def accumulator() -> None:
         cur: _Accumulator | None = None
+        # tiles whose transforms are still arriving (streams interleave), by sequence number
+        pending: dict[int, list] = {}
+        next_seq = 0
+
+        def add(seq: int, job: _Job, y: int, x: int, last: bool, outs: list) -> None:
+            nonlocal cur
+            if cur is None or cur.job is not job:
+                cur = _Accumulator(job, n_models, tile, stats)
+            if y != cur.row:
+                cur.flush(y, reduce)
+                cur.row = y
+            r0 = y - cur.base
+            cur.wsum[r0 : r0 + tile, x : x + tile] += window
+            for m in range(n_models):
+                view = cur.acc[m, r0 : r0 + tile, x : x + tile]
+                for k in range(model_tta[m]):
+                    view += transforms[k].inverse(outs[k][m]) * model_window[m]
+            if last:
+                cur.flush(job.hp, reduce)
+                stats["live_accumulators"] -= 1
+                stats["n_images"] += 1
+                pipe.put(q_write, (job.key, cur.outputs))
+                cur = None
+
         while (item := pipe.get(q_results)) is not _END:
-            meta, outs = item
+            g, meta, outs = item
             outs = [_as_tiles(o, len(meta), tile) for o in outs]
-            for i, (job, y, x, k, last) in enumerate(meta):
-                if cur is None or cur.job is not job:
-                    cur = _Accumulator(job, n_models, tile, stats)
-                if y != cur.row:
-                    cur.flush(y, reduce)
-                    cur.row = y
-                r0 = y - cur.base
-                if k == 0:
-                    cur.wsum[r0 : r0 + tile, x : x + tile] += window
-                inverse = transforms[k].inverse
-                for m in range(n_models):
-                    view = cur.acc[m, r0 : r0 + tile, x : x + tile]
-                    view += inverse(outs[m][i]) * window_tta
-                if last:
-                    cur.flush(job.hp, reduce)
-                    stats["live_accumulators"] -= 1
-                    stats["n_images"] += 1
-                    pipe.put(q_write, (job.key, cur.outputs))
-                    cur = None
+            for i, (seq, job, y, x, k, last) in enumerate(meta):
+                entry = pending.setdefault(seq, [job, y, x, last, [None] * n_tta, 0])
+                entry[4][k] = {m: outs[j][i] for j, m in enumerate(groups[g])}
+                entry[5] += 1
+            while next_seq in pending and pending[next_seq][5] == n_tta:
+                job, y, x, last, tile_outs, _ = pending.pop(next_seq)
+                add(next_seq, job, y, x, last, tile_outs)
+                next_seq += 1
         pipe.put(q_write, _END)
 
     def writer() -> None:
@@ -488,13 +541,13 @@ def _run(
     pipe.start("writer", writer)
     try:
         while (item := pipe.get(q_batches)) is not _END:
-            batch, meta = item
+            g, batch, meta = item
             tc = time.perf_counter()
-            outs = [p(batch) for p in predictors]
+            outs = [predictors[m](batch) for m in groups[g]]
             stats["compute_s"] += time.perf_counter() - tc
             stats["n_batches"] += 1
             stats["n_tiles"] += len(meta)
-            pipe.put(q_results, (meta, outs))
+            pipe.put(q_results, (g, meta, outs))
         pipe.put(q_results, _END)
     except _Stopped:
         pass
@@ -515,7 +568,7 @@ def predict_image(
     tile: int = 256,
     overlap: int = 32,
     batch_size: int = 8,
-    tta: bool = False,
+    tta: bool | Sequence[bool] = False,
 ) -> np.ndarray:
     """Per-model blended probability maps of one image.
 
@@ -528,8 +581,9 @@ def predict_image(
         :func:`make_predictor`.
     tile, overlap, batch_size : int
         Tiling (see :func:`tile_grid`, :func:`blend_window`) and batch size.
-    tta : bool
-        Average the 8 dihedral transforms per model.
+    tta : bool or sequence of bool
+        Average the 8 dihedral transforms per model: for every model, or one flag per
+        model (see :func:`tta_flags`).
 
     Returns
     -------
@@ -558,7 +612,7 @@ def predict_image_voted(
     tile: int = 256,
     overlap: int = 32,
     batch_size: int = 8,
-    tta: bool = False,
+    tta: bool | Sequence[bool] = False,
     vote: str = "mean",
     threshold: float = 0.5,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -611,7 +665,7 @@ def predict_plate(
     batch_size: int = 8,
     vote: str = "mean",
     threshold: float = 0.5,
-    tta: bool = False,
+    tta: bool | Sequence[bool] = False,
     skip_existing: bool = True,
     prefetch: int = 1,
     max_image_pixels: int | None = 2**26,
@@ -645,7 +699,8 @@ def predict_plate(
     -------
     DataFrame
         One row per image in ``store.images`` order: ``image_id, n_models, vote,
-        threshold, tta, foreground_fraction`` (the same whether an image was
+        threshold, tta, foreground_fraction`` (``tta``: a bool, or one 0/1 per model where
+        the models differ; the same whether an image was
         predicted now or resumed: ``df.attrs["resumed"]`` counts those).  ``df.attrs["engine"]``
         holds pipeline statistics (tiles, batches, compute and wall seconds,
         peak accumulator bytes, ...).
@@ -661,7 +716,7 @@ def predict_plate(
             "n_models": len(predictors),
             "vote": vote,
             "threshold": float(threshold),
-            "tta": bool(tta),
+            "tta": _tta_label(tta),
             "foreground_fraction": float(fraction),
         }
 
@@ -861,6 +916,24 @@ def validation_threshold(ensemble: Ensemble, images, masks, *, fixed: float | No
     return {**out, "n_patches": len(votes), "vote": ensemble.inference.vote}
 
 
+def _table_tta(table: pd.DataFrame, default: bool, where: str) -> list[bool]:
+    """Per-checkpoint TTA from ``ensemble.tsv``'s optional ``tta`` column (empty: ``default``)."""
+    if "tta" not in table.columns:
+        return [bool(default)] * len(table)
+    flags = []
+    for value in table["tta"]:
+        text = "" if pd.isna(value) else str(value).strip().lower()
+        if text in ("", "none", "null"):
+            flags.append(bool(default))
+        elif text in ("true", "1", "1.0", "yes"):
+            flags.append(True)
+        elif text in ("false", "0", "0.0", "no"):
+            flags.append(False)
+        else:
+            raise InputError(where, f"tta column: expected true, false or empty, got {value!r}")
+    return flags
+
+
 def _file_sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -886,6 +959,9 @@ class Ensemble:
     inference : InferenceConfig
     tile : int
         From :func:`resolve_tile`.
+    tta : list of bool
+        Test-time augmentation per checkpoint: the ``tta`` column of ``ensemble.tsv``
+        (``models[].tta`` of the config) where it is set, else ``inference.tta``.
     predictors : list of callables
         :func:`make_predictor` of each model.
     """
@@ -901,6 +977,7 @@ class Ensemble:
             for r in self.table.itertuples(index=False)
         ]
         self.tile = resolve_tile(models, self.inference.tile, str(source or "ensemble"))
+        self.tta = _table_tta(self.table, self.inference.tta, str(source or "ensemble"))
         self.predictors = [make_predictor(m, self.inference.batch_size, self.tile) for m in models]
 
     @classmethod
@@ -936,6 +1013,8 @@ class Ensemble:
         for path in self.table["path"]:
             h.update(_file_sha256(path).encode())
         settings = dict(self.inference.as_dict(), tile=self.tile)
+        if any(f != self.inference.tta for f in self.tta):
+            settings["tta_per_model"] = self.tta
         h.update(json.dumps(settings, sort_keys=True).encode())
         return h.hexdigest()
 
@@ -948,7 +1027,7 @@ class Ensemble:
             tile=self.tile,
             overlap=inf.overlap,
             batch_size=inf.batch_size,
-            tta=inf.tta,
+            tta=self.tta,
         )
         prob, mask = _vote(probs, inf.vote, inf.threshold)
         return probs, prob, mask
@@ -964,7 +1043,7 @@ class Ensemble:
             batch_size=inf.batch_size,
             vote=inf.vote,
             threshold=inf.threshold,
-            tta=inf.tta,
+            tta=self.tta,
             skip_existing=skip_existing,
             desc=desc,
         )

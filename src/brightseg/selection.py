@@ -163,11 +163,16 @@ def select_checkpoints(
 
 
 def write_ensemble_tsv(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write the selected checkpoints as a tab-separated file, atomically."""
+    """Write the selected checkpoints as a tab-separated file, atomically.
+
+    The columns are :data:`ENSEMBLE_COLUMNS`, then ``tta`` (per-model test-time
+    augmentation: ``true``, ``false`` or empty) when ``df`` has it.
+    """
     missing = set(ENSEMBLE_COLUMNS) - set(df.columns)
     if missing:
         raise InputError(path, f"ensemble table lacks columns {sorted(missing)}")
-    write_text(df[ENSEMBLE_COLUMNS].to_csv(sep="\t", index=False, float_format="%.6f"), path)
+    columns = ENSEMBLE_COLUMNS + (["tta"] if "tta" in df.columns else [])
+    write_text(df[columns].to_csv(sep="\t", index=False, float_format="%.6f"), path)
 
 
 def _cv(x: np.ndarray) -> float:

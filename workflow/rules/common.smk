@@ -164,7 +164,15 @@ TRAINING_PIXEL_SIZE = _train_px.pop() if len(_train_px) == 1 else None
 
 
 def model_spec(wildcards):
-    return MODEL_SPECS[(wildcards.model, wildcards.loss)].as_dict()
+    spec = MODEL_SPECS[(wildcards.model, wildcards.loss)].as_dict()
+    spec.pop("tta")  # an inference setting (select_checkpoints): no retraining
+    return spec
+
+
+# models[].tta where set, as {"model/loss": bool}: the tta column of ensemble.tsv
+MODEL_TTA = {
+    f"{m}/{l}": s.tta for (m, l), s in MODEL_SPECS.items() if s.tta is not None
+}
 
 
 def run_outputs(leaf):

@@ -114,6 +114,7 @@ rule select_checkpoints:
         "../../envs/tensorflow.yaml"
     params:
         ensemble=CFG.ensemble.as_dict(),
+        tta=MODEL_TTA,
     script:
         "../../scripts/select_checkpoints.py"
 

@@ -13,7 +13,10 @@ Use :func:`build_model` with a name from :data:`ARCHITECTURES`:
 ``small_unet``              small from-scratch U-Net (CPU demo)
 ``unet_<backbone>``         Table 1 backbone comparison (densenet121,
                             inceptionv3, vgg16, mobilenetv2, resnet50,
-                            efficientnetb0)
+                            efficientnetb0), and resnet18 (built in
+                            :mod:`~brightseg.models.resnet`)
+``fpn_<backbone>``          the same encoders with a Feature Pyramid Network
+                            decoder (:mod:`~brightseg.models.fpn`)
 =========================== ===================================================
 """
 
@@ -30,6 +33,8 @@ import pandas as pd
 from ..errors import InputError
 from .backbones import BACKBONES, imagenet_weights_file, keras_cache_dir, resolve_imagenet_weights
 from .blocks import ImageNetPreprocess, ResizeLike
+from .flops import count_flops
+from .fpn import backbone_fpn
 from .runtime import POLICIES, cpu_supports_bf16, load_checkpoint, set_keras_home, set_precision
 from .unet import (
     backbone_unet,
@@ -48,9 +53,11 @@ __all__ = [
     "POLICIES",
     "ImageNetPreprocess",
     "ResizeLike",
+    "backbone_fpn",
     "backbone_unet",
     "build_model",
     "check_encoder_weights",
+    "count_flops",
     "count_params",
     "cpu_supports_bf16",
     "densenet121_unet",
@@ -71,6 +78,7 @@ ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {
     "vgg16_attention_ia_unet": vgg16_attention_ia_unet,
     "small_unet": small_unet,
     **{f"unet_{b}": functools.partial(backbone_unet, b) for b in BACKBONES},
+    **{f"fpn_{b}": functools.partial(backbone_fpn, b) for b in BACKBONES},
 }
 
 #: Encoder backbone of each architecture (None: trained from scratch).
@@ -80,6 +88,7 @@ ENCODERS: dict[str, str | None] = {
     "vgg16_attention_ia_unet": "vgg16",
     "small_unet": None,
     **{f"unet_{b}": b for b in BACKBONES},
+    **{f"fpn_{b}": b for b in BACKBONES},
 }
 
 #: Parameter counts reported in the paper (total, trainable).
@@ -158,12 +167,14 @@ def count_params(model: keras.Model) -> tuple[int, int]:
 
 
 def param_table(names=None, input_size: int = 256):
-    """Parameter counts of every architecture next to the paper's.
+    """Parameter and FLOP counts of every architecture, next to the paper's parameters.
 
     Built with ``input_shape=(input_size, input_size, 3)`` and random weights
-    (counts do not depend on the input size).  Columns ``name, total,
-    trainable, paper_total, paper_trainable`` (paper values NaN where the paper
-    reports none).
+    (parameter counts do not depend on the input size; FLOPs do).  Columns ``name, total,
+    trainable, gflops, paper_total, paper_trainable``: ``trainable`` with the encoder
+    frozen (the paper's setup), ``gflops`` the GFLOPs of one ``input_size`` image
+    (:func:`~brightseg.models.flops.count_flops`: 2 x the multiply-adds of every
+    convolution and dense layer), paper values NaN where the paper reports none.
 
     Gaps to the paper: the frozen encoders match Keras exactly (DenseNet121
     notop 7.04 M, VGG16 notop 14.71 M, i.e. the paper's non-trainable parts);
@@ -183,6 +194,7 @@ def param_table(names=None, input_size: int = 256):
                 "name": name,
                 "total": total,
                 "trainable": trainable,
+                "gflops": round(count_flops(model) / 1e9, 2),
                 "paper_total": paper[0],
                 "paper_trainable": paper[1],
             }

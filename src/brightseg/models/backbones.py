@@ -1,4 +1,4 @@
-"""Frozen ImageNet encoders (keras.applications) and their weights.
+"""Frozen ImageNet encoders (keras.applications, and our ResNet18) and their weights.
 
 An encoder is a nested functional :class:`keras.Model` named ``"encoder"``
 that maps the preprocessed image to a list of feature maps (shallow to
@@ -12,6 +12,9 @@ Encoder weights
 ``"imagenet"``
     The ``*_notop.h5`` file of ``keras.applications`` read from Keras's cache,
     ``$KERAS_HOME/models/<file>`` (see :func:`brightseg.models.set_keras_home`).
+    ResNet18 (not in ``keras.applications``, built in :mod:`brightseg.models.resnet`)
+    reads ``resnet18_imagenet_notop.weights.h5`` there, converted once from torchvision's
+    weights (:func:`brightseg.models.resnet.save_torchvision_weights`); it has no download.
     A missing file is downloaded when ``allow_download`` is true; if that is
     off or fails (offline cluster nodes) an :class:`~brightseg.errors.InputError`
     names the exact file and the directory to put it in, before any training.
@@ -33,6 +36,7 @@ from pathlib import Path
 import keras
 
 from ..errors import InputError, MissingDownload
+from . import resnet
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,8 @@ class BackboneSpec:
     features: tuple[str | int, ...]
     weights_file: str
     url_dir: str
+    #: How to obtain the weights file where there is no download (``url_dir`` empty).
+    source: str = ""
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -125,7 +131,25 @@ BACKBONES: dict[str, BackboneSpec] = {
         "efficientnetb0_notop.h5",
         _GCS + "keras-applications/",
     ),
+    "resnet18": BackboneSpec(
+        "ResNet18",
+        "torch",
+        (
+            "conv1_relu",
+            "conv2_block2_out",
+            "conv3_block2_out",
+            "conv4_block2_out",
+            "conv5_block2_out",
+        ),
+        resnet.IMAGENET_FILE,
+        "",
+        "convert torchvision's resnet18 ImageNet weights once with "
+        "brightseg.models.resnet.save_torchvision_weights (see the README)",
+    ),
 }
+
+#: Encoders built here rather than by ``keras.applications``.
+_CUSTOM_CONSTRUCTORS = {"ResNet18": resnet.resnet18}
 
 
 def keras_cache_dir() -> Path:
@@ -153,7 +177,7 @@ def imagenet_weights_file(backbone: str, input_shape=(256, 256, 3)) -> tuple[str
     if "{rows}" in fname:
         rows = input_shape[0] if input_shape[0] in (96, 128, 160, 192, 224) else 224
         fname = fname.format(rows=rows)
-    return fname, spec.url_dir + fname
+    return fname, (spec.url_dir + fname) if spec.url_dir else ""
 
 
 def resolve_imagenet_weights(
@@ -173,7 +197,9 @@ def resolve_imagenet_weights(
     if target.is_file() and target.stat().st_size > 0:
         return target
     why = "downloads are disabled"
-    if allow_download:
+    if not url:
+        why = "there is no download for it"
+    elif allow_download:
         old = socket.getdefaulttimeout()
         try:
             socket.setdefaulttimeout(30)
@@ -185,11 +211,12 @@ def resolve_imagenet_weights(
             why = f"download failed ({type(exc).__name__}: {exc})"
         finally:
             socket.setdefaulttimeout(old)
+    where = f"it can be downloaded from {url}" if url else _spec(backbone).source
     raise MissingDownload(
         target,
         f"ImageNet weights for the {backbone} encoder are missing and {why}. "
         f"Place the file '{fname}' in the directory '{cache}' "
-        f"(it can be downloaded from {url}), set KERAS_HOME to a directory whose "
+        f"({where}), set KERAS_HOME to a directory whose "
         "models/ folder holds it, or use encoder_weights='none' or a weights-file path.",
     )
 
@@ -260,8 +287,11 @@ def build_encoder(
         imagenet_path = resolve_imagenet_weights(
             backbone, input_shape, allow_download=allow_download
         )
-    ctor = getattr(keras.applications, spec.constructor)
-    base = ctor(include_top=False, weights=None, input_shape=input_shape)
+    if spec.constructor in _CUSTOM_CONSTRUCTORS:
+        base = _CUSTOM_CONSTRUCTORS[spec.constructor](input_shape)
+    else:
+        ctor = getattr(keras.applications, spec.constructor)
+        base = ctor(include_top=False, weights=None, input_shape=input_shape)
     outs = []
     for f in features or spec.features:
         layer = base.layers[f] if isinstance(f, int) else base.get_layer(f)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -164,9 +164,18 @@ def train(
 
 
 def select_checkpoints(
-    histories: Sequence[str], out_tsv: str, *, ensemble: EnsembleConfig | dict
+    histories: Sequence[str],
+    out_tsv: str,
+    *,
+    ensemble: EnsembleConfig | dict,
+    tta: Mapping[str, bool] | None = None,
 ) -> None:
-    """Rule ``select_checkpoints``: rank all epoch checkpoints, keep the top K."""
+    """Rule ``select_checkpoints``: rank all epoch checkpoints, keep the top K.
+
+    ``tta`` maps ``"model/loss"`` to that run's ``models[].tta`` where the config sets
+    one; the table then gets a ``tta`` column (empty: ``inference.tta``), which
+    :class:`~brightseg.ensemble.Ensemble` honours per checkpoint.
+    """
     cfg = EnsembleConfig.coerce(ensemble)
     sel = _select(
         read_histories([Path(h).parent for h in histories]),
@@ -176,6 +185,9 @@ def select_checkpoints(
     missing = [p for p in sel["path"] if not Path(p).is_file()]
     if missing:
         raise RuntimeError(f"selected checkpoints do not exist: {missing}")
+    if tta:
+        runs = sel["model"].astype(str) + "/" + sel["loss"].astype(str)
+        sel["tta"] = ["" if tta.get(r) is None else str(bool(tta[r])).lower() for r in runs]
     write_ensemble_tsv(sel, out_tsv)
 
 
