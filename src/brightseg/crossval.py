@@ -307,9 +307,10 @@ def run_cv(
         f"| {m} | {summary[m]['mean']:.3f} | {summary[m]['sd']:.3f} |" for m in metrics
     ]
     if tune_instances:
+        chosen = ", ".join(f"fold {r['fold']}: {r['instances_tuned']}" for r in fold_rows)
         md.append(
-            "\nf1_50_tuned: the watershed settings chosen per fold on its validation images "
-            "(instances_tuned in per_fold.tsv)"
+            "\nf1_50_tuned: the test images split with the watershed settings chosen on each "
+            f"fold's validation images ({chosen}); copy them into the config's `instances:`"
         )
     md.append(f"\n{folds} folds, {len(data)} images, total {summary['total_s']:.0f} s")
     (out / "summary.md").write_text("\n".join(md) + "\n")

@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 
 #: The grid tried by default: ``None`` keeps the config's value.
 DEFAULT_GRID: dict[str, tuple[Any, ...]] = {
-    "h_um": (None, 0.5, 1.0, 2.0, 3.0),
-    "min_area_um2": (None, 50.0, 150.0, 300.0),
+    "h_um": (None, 1.0, 2.0, 3.0, 5.0),
+    "min_area_um2": (None, 100.0, 300.0, 600.0, 1000.0),
 }
 
 
