@@ -96,5 +96,6 @@ rule evalset_compare:
         threshold=CFG.annotations.mask_threshold,
         paired_metrics=list(CFG.comparison.paired_metrics),
         seed=SEED,
+        **QC_PREDICT_PARAMS,
     script:
         "../../scripts/evalset_compare.py"

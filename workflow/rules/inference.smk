@@ -23,6 +23,7 @@ rule predict:
     params:
         inference=CFG.inference.as_dict(),
         ensemble_id=ENSEMBLE_ID,
+        **QC_PREDICT_PARAMS,
     script:
         "../../scripts/predict.py"
 
@@ -51,6 +52,7 @@ rule measure_cells:
     input:
         store="results/plates/{plate}.ome.zarr",
         instances="results/instances/{plate}.zarr",
+        **QC_MEASURE_INPUT,
     output:
         cells="results/tables/{plate}/cells.parquet",
         images="results/tables/{plate}/images.parquet",
@@ -70,6 +72,7 @@ rule measure_cells:
         "../../envs/imaging.yaml"
     params:
         morphometry=CFG.morphometry.as_dict(),
+        **QC_MEASURE_PARAMS,
     script:
         "../../scripts/measure_cells.py"
 
