@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from test_ensemble import FakeStore, identity, position_model, random_images
 
 from brightseg import qc
 from brightseg.annotations.cvat import import_cvat, load_annotations, rasterize
@@ -18,8 +19,6 @@ from brightseg.errors import InputError
 from brightseg.io import read_image, write_png, write_tiff
 from brightseg.rules.qc import evalset_qc, export_review, qc_review
 from brightseg.synth import render_scene
-
-from test_ensemble import FakeStore, identity, position_model, random_images
 
 # --------------------------------------------------------------------------- maps
 
@@ -327,3 +326,92 @@ def test_export_cvat_command(tmp_path, scenes):
     assert bad.exit_code == 2 and "LABELS" in bad.output
     img = read_image(tmp_path / "out" / "images" / "scene1.png")
     assert img.shape == (160, 200)
+
+
+# --------------------------------------------------------------------------- rule layer
+
+
+def test_measure_cells_qc_columns_review_and_export_from_stores(tmp_path):
+    """Plate store -> prediction labels -> images.parquet QC columns -> review -> CVAT export."""
+    from brightseg.morphometry import IMAGE_SCHEMA
+    from brightseg.platestore import create_label_store, open_plate, write_plate
+    from brightseg.rules.inference import measure_cells
+    from brightseg.rules.qc import qc_export_cvat
+
+    scenes = {}
+    for i, (sigma, seed) in enumerate(((0.5, 4), (3.0, 5))):
+        sc = render_scene((96, 112), 6, np.random.default_rng(seed), mean_radius_px=12.0)
+        scenes[f"P1_A01_f{i}_t0"] = (sc, sigma)
+    meta = pd.DataFrame(
+        {"image_id": list(scenes), "row": "A", "column": 1, "field": [0, 1], "timepoint": 0}
+    )
+    store = tmp_path / "P1.ome.zarr"
+    write_plate(
+        store,
+        "P1",
+        meta,
+        load=lambda r: scenes[r["image_id"]][0].image / 65535.0,
+        pixel_size_um=0.65,
+        modality="brightfield",
+    )
+    plate = open_plate(store, mode="r")
+    preds = create_label_store(tmp_path / "pred.zarr", plate)
+    inst = create_label_store(tmp_path / "inst.zarr", plate)
+    from scipy import ndimage as ndi
+
+    for image_id, (sc, sigma) in scenes.items():
+        fg = (sc.labels > 0).astype(np.float32)
+        probs = np.stack([ndi.gaussian_filter(fg, sigma), ndi.gaussian_filter(fg, sigma + 0.5)])
+        var, ent = qc.uncertainty_maps(probs)
+        for name, arr in (
+            ("prob", np.rint(probs.mean(0) * 255).astype(np.uint8)),
+            ("variance", qc.encode_variance(var)),
+            ("entropy", qc.encode_entropy(ent)),
+            ("mask", (probs.mean(0) > 0.5).astype(np.uint8)),
+        ):
+            preds.create_label(image_id, name, np.uint8)
+            preds.write_label(image_id, name, arr)
+        inst.create_label(image_id, "cells", np.uint16)
+        inst.write_label(image_id, "cells", sc.labels.astype(np.uint16))
+
+    def measure(name, **kw):
+        measure_cells(
+            str(store),
+            str(tmp_path / "inst.zarr"),
+            str(tmp_path / f"{name}_cells.parquet"),
+            str(tmp_path / f"{name}_images.parquet"),
+            str(tmp_path / f"{name}_overlays"),
+            str(tmp_path / f"{name}_exports"),
+            morphometry={"n_overlays": 0, "export": {"cellpose": False, "imagej_rois": False}},
+            **kw,
+        )
+        return pd.read_parquet(tmp_path / f"{name}_images.parquet")
+
+    off = measure("off")
+    assert list(off.columns) == IMAGE_SCHEMA.names  # unchanged without qc.uncertainty
+    on = measure("on", predictions=str(tmp_path / "pred.zarr"), qc={"uncertainty": True})
+    assert list(on.columns) == IMAGE_SCHEMA.names + qc.QC_COLUMNS
+    pd.testing.assert_frame_equal(on[IMAGE_SCHEMA.names], off)
+    sharp, blurred = on["qc_score"]
+    assert blurred > sharp and on["qc_mean_variance"].gt(0).all()
+    assert on["store_path"].iloc[1] == f"{store}/A/1/1"
+    with pytest.raises(InputError, match="predictions"):
+        measure("bad", qc={"uncertainty": True})
+
+    threshold = float(on["qc_score"].mean())
+    review = qc.review_table(on, threshold)
+    assert list(review["image_id"]) == ["P1_A01_f1_t0"]
+    review.to_csv(tmp_path / "review.tsv", sep="\t", index=False)
+    out = tmp_path / "review"
+    manifest = qc_export_cvat(
+        str(tmp_path / "review.tsv"),
+        {"P1": str(store)},
+        {"P1": str(tmp_path / "inst.zarr")},
+        str(out),
+        qc={},
+    )
+    assert list(manifest["image_id"]) == ["P1_A01_f1_t0"]
+    assert (out / "manifest.tsv").is_file()
+    imported, _ = import_cvat(out / "P1" / "cvat.xml", out / "P1" / "images", tmp_path / "back")
+    back = read_image(tmp_path / "back" / "P1_A01_f1_t0_labels.tif")
+    assert _match_ious(scenes["P1_A01_f1_t0"][0].labels, back).min() >= 0.99

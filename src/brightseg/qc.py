@@ -72,6 +72,7 @@ def image_schema(with_qc: bool) -> pa.Schema:
         return IMAGE_SCHEMA
     return pa.schema(list(IMAGE_SCHEMA) + QC_FIELDS)
 
+
 #: Columns of ``results/qc/review.tsv``.
 REVIEW_COLUMNS = [
     "plate",

@@ -90,12 +90,12 @@ rule evalset_compare:
         mem_mb=16000,
         runtime=4 * 60,
     params:
+        **QC_PREDICT_PARAMS,
         spec=_evalset,
         inference=CFG.inference.as_dict(),
         illumination=CFG.illumination.as_dict(),
         threshold=CFG.annotations.mask_threshold,
         paired_metrics=list(CFG.comparison.paired_metrics),
         seed=SEED,
-        **QC_PREDICT_PARAMS,
     script:
         "../../scripts/evalset_compare.py"

@@ -21,9 +21,9 @@ rule predict:
         mem_mb=16000,
         runtime=4 * 60,
     params:
+        **QC_PREDICT_PARAMS,
         inference=CFG.inference.as_dict(),
         ensemble_id=ENSEMBLE_ID,
-        **QC_PREDICT_PARAMS,
     script:
         "../../scripts/predict.py"
 
@@ -50,9 +50,9 @@ rule split_instances:
 
 rule measure_cells:
     input:
+        **QC_MEASURE_INPUT,
         store="results/plates/{plate}.ome.zarr",
         instances="results/instances/{plate}.zarr",
-        **QC_MEASURE_INPUT,
     output:
         cells="results/tables/{plate}/cells.parquet",
         images="results/tables/{plate}/images.parquet",
@@ -71,8 +71,8 @@ rule measure_cells:
     conda:
         "../../envs/imaging.yaml"
     params:
-        morphometry=CFG.morphometry.as_dict(),
         **QC_MEASURE_PARAMS,
+        morphometry=CFG.morphometry.as_dict(),
     script:
         "../../scripts/measure_cells.py"
 

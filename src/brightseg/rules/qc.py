@@ -18,10 +18,8 @@ from ..figures import qc_score_distribution, qc_vs_metric, save_figure
 from ..io import read_image, write_parquet, write_png, write_text
 from ..platestore import open_labels
 from ..qc import (
-    ENTROPY_LABEL,
     QC_COLUMNS,
     REVIEW_COLUMNS,
-    VARIANCE_LABEL,
     decode_entropy,
     decode_variance,
     image_qc,
