@@ -811,7 +811,7 @@ def qc_vs_metric(
         ax.scatter(x[ok], y[ok], s=14, color=_colours(1)[0], alpha=0.85, linewidths=0)
         if threshold is not None:
             ax.axvline(threshold, color="black", linestyle="--", linewidth=1.0)
-        ax.set_xlim(0.0, max(1e-3, float(x[ok].max())) * 1.1)
+        ax.set_xlim(0.0, 1.0)
         ax.set_ylim(0.0, 1.05) if is_bounded(metric) else ax.set_ylim(bottom=0.0)
         ax.set_xlabel("QC score (0-1; higher = less certain)")
         ax.set_ylabel(f"ensemble {axis_label(metric)} per image")

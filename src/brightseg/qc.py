@@ -25,8 +25,10 @@ Per-image QC score
     mean member variance over the same pixels (NaN when no variance map is given);
 ``qc_uncertain_border``
     the fraction of the border pixels of the predicted cells (the band of ``border_px``
-    pixels on either side of the mask's outline) whose voted probability lies in the
-    ``uncertain_band`` ``[lo, hi]``: a sharp, confident outline has almost none;
+    pixels on either side of the mask's outline, default 3) whose voted probability lies in
+    the ``uncertain_band`` ``[lo, hi]``: a sharp, confident outline has few.  The pixels
+    next to the outline straddle the threshold and are in the band for any edge softer
+    than a step; a 1 px band saturates at 1 for the demo's soft-edged models, hence 3;
 ``qc_score``
     the mean of ``qc_mean_entropy`` and ``qc_uncertain_border`` (both in [0, 1]).
 
@@ -181,7 +183,7 @@ def image_qc(
     entropy: np.ndarray | None = None,
     variance: np.ndarray | None = None,
     uncertain_band: Sequence[float] = (0.2, 0.8),
-    border_px: int = 1,
+    border_px: int = 3,
 ) -> dict[str, float]:
     """The QC numbers of one image (see the module docstring).
 
