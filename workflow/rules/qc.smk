@@ -18,7 +18,7 @@ rule qc_review:
     log:
         "logs/qc_review.log",
     conda:
-        "../../envs/imaging.yaml"
+        "../../envs/stats.yaml"
     params:
         qc=QC.as_dict(),
     script:
@@ -35,7 +35,7 @@ rule qc_export_cvat:
     log:
         "logs/qc_export_cvat.log",
     conda:
-        "../../envs/imaging.yaml"
+        "../../envs/stats.yaml"
     params:
         stores={p: f"results/plates/{p}.ome.zarr" for p in PLATE_IDS},
         instances={p: f"results/instances/{p}.zarr" for p in PLATE_IDS},
@@ -62,7 +62,7 @@ rule evalset_qc:
     log:
         "logs/evalset_qc/{evalset}.log",
     conda:
-        "../../envs/imaging.yaml"
+        "../../envs/stats.yaml"
     params:
         qc=QC.subset(["uncertain_band", "border_px", "review_threshold"]),
     script:
