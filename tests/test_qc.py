@@ -345,7 +345,7 @@ def test_measure_cells_qc_columns_review_and_export_from_stores(tmp_path):
     meta = pd.DataFrame(
         {"image_id": list(scenes), "row": "A", "column": 1, "field": [0, 1], "timepoint": 0}
     )
-    store = tmp_path / "P1.ome.zarr"
+    store = tmp_path / "results/plates/P1.ome.zarr"
     write_plate(
         store,
         "P1",
@@ -356,7 +356,7 @@ def test_measure_cells_qc_columns_review_and_export_from_stores(tmp_path):
     )
     plate = open_plate(store, mode="r")
     preds = create_label_store(tmp_path / "pred.zarr", plate)
-    inst = create_label_store(tmp_path / "inst.zarr", plate)
+    inst = create_label_store(tmp_path / "results/instances/P1.zarr", plate)
     from scipy import ndimage as ndi
 
     for image_id, (sc, sigma) in scenes.items():
@@ -377,7 +377,7 @@ def test_measure_cells_qc_columns_review_and_export_from_stores(tmp_path):
     def measure(name, **kw):
         measure_cells(
             str(store),
-            str(tmp_path / "inst.zarr"),
+            str(tmp_path / "results/instances/P1.zarr"),
             str(tmp_path / f"{name}_cells.parquet"),
             str(tmp_path / f"{name}_images.parquet"),
             str(tmp_path / f"{name}_overlays"),
@@ -406,7 +406,7 @@ def test_measure_cells_qc_columns_review_and_export_from_stores(tmp_path):
     manifest = qc_export_cvat(
         str(tmp_path / "review.tsv"),
         {"P1": str(store)},
-        {"P1": str(tmp_path / "inst.zarr")},
+        {"P1": str(tmp_path / "results/instances/P1.zarr")},
         str(out),
         qc={},
     )
@@ -415,3 +415,19 @@ def test_measure_cells_qc_columns_review_and_export_from_stores(tmp_path):
     imported, _ = import_cvat(out / "P1" / "cvat.xml", out / "P1" / "images", tmp_path / "back")
     back = read_image(tmp_path / "back" / "P1_A01_f1_t0_labels.tif")
     assert _match_ious(scenes["P1_A01_f1_t0"][0].labels, back).min() >= 0.99
+
+    # the same from the command line, with masks: exact
+    from brightseg.cli import main
+
+    args = ["--review", str(tmp_path / "review.tsv"), "--results", str(tmp_path / "results")]
+    res = CliRunner().invoke(main, ["export-cvat", *args, "--out", str(tmp_path / "cli")])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(
+        main, ["export-cvat", *args, "--out", str(tmp_path / "cli2"), "--shapes", "mask"]
+    )
+    assert res.exit_code == 0, res.output
+    ann = load_annotations(tmp_path / "cli2" / "P1" / "coco.json")
+    np.testing.assert_array_equal(
+        rasterize(ann["P1_A01_f1_t0.png"]) > 0, scenes["P1_A01_f1_t0"][0].labels > 0
+    )
+    assert (tmp_path / "cli" / "P1" / "images" / "P1_A01_f1_t0.png").is_file()
