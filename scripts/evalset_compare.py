@@ -13,4 +13,5 @@ with log_to(snakemake.log[0]):
         threshold=float(snakemake.params.threshold),
         paired_metrics=list(snakemake.params.paired_metrics),
         seed=int(snakemake.params.seed),
+        uncertainty=bool(snakemake.params.get("uncertainty", False)),
     )

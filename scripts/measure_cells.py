@@ -12,4 +12,6 @@ with log_to(snakemake.log[0]):
         snakemake.output.overlays,
         snakemake.output.exports,
         morphometry=dict(snakemake.params.morphometry),
+        predictions=snakemake.input.get("predictions"),
+        qc=dict(snakemake.params.get("qc") or {}),
     )

@@ -10,4 +10,5 @@ with log_to(snakemake.log[0]):
         snakemake.output.labels,
         snakemake.output.summary,
         inference=dict(snakemake.params.inference),
+        uncertainty=bool(snakemake.params.get("uncertainty", False)),
     )

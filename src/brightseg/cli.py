@@ -165,6 +165,83 @@ def import_cvat_cmd(export, images_dir, out_dir, plate, labels, on_bad_input):
         click.echo(f"skipped {row.file}: {row.reason}", err=True)
 
 
+@main.command("export-cvat")
+@click.argument("labels", nargs=-1, type=click.Path())
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--images",
+    "images_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Folder of the images of LABELS (matched by stem); copied as 8-bit PNGs to OUT/images.",
+)
+@click.option(
+    "--review",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="results/qc/review.tsv: export its flagged images from the run's stores instead.",
+)
+@click.option(
+    "--results",
+    default="results",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="The run's results folder (with --review): plates/ and instances/ stores.",
+)
+@click.option("--shapes", type=click.Choice(["polygon", "mask"]), default="polygon")
+@click.option("--tolerance-px", default=0.35, show_default=True, help="Polygon simplification.")
+@click.option("--min-iou", default=0.99, show_default=True, help="Polygons below: exact masks.")
+@_handle_errors
+def export_cvat_cmd(labels, out_dir, images_dir, review, results, shapes, tolerance_px, min_iou):
+    """Predicted label images as a CVAT task import (CVAT 1.1 XML and COCO 1.0 JSON).
+
+    LABELS are instance-label images (``<stem>_labels.tif`` -> image ``<stem>.png``), or
+    ``--review`` names the review table of a run.  Writes OUT/cvat.xml, OUT/coco.json and
+    OUT/images/ (per plate in OUT/<plate>/ with --review); `brightseg import-cvat` of
+    either file gives the label images back (IoU >= --min-iou per cell; 1 with masks).
+    """
+    from .io import read_image
+    from .rules.qc import export_review, qc_export_cvat
+
+    qc = {"export_shapes": shapes, "tolerance_px": tolerance_px, "min_iou": min_iou}
+    if review:
+        plates = sorted(set(pd_read_tsv(review)["plate"]))
+        res = Path(results)
+        stores = {p: str(res / "plates" / f"{p}.ome.zarr") for p in plates}
+        instances = {p: str(res / "instances" / f"{p}.zarr") for p in plates}
+        manifest = qc_export_cvat(review, stores, instances, out_dir, qc=qc)
+        click.echo(f"{len(manifest)} images of {len(plates)} plates -> {out_dir}")
+        return
+    if not labels:
+        raise InputError(None, "give label images (LABELS) or --review review.tsv")
+    items = []
+    for path in labels:
+        stem = Path(path).stem
+        stem = stem[: -len("_labels")] if stem.endswith("_labels") else stem
+        item = {"name": f"{stem}.png", "labels": read_image(path)}
+        if images_dir:
+            found = sorted(
+                p
+                for p in Path(images_dir).glob(f"{stem}.*")
+                if p.suffix.lower() in (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+            )
+            if not found:
+                raise InputError(Path(images_dir) / stem, "no image of this stem")
+            item["image"] = read_image(found[0])
+        items.append(item)
+    df = export_review(items, out_dir, qc=qc)
+    click.echo(
+        f"{len(df)} images, {int(df['polygons'].sum())} polygons, "
+        f"{int(df['masks'].sum())} masks -> {out_dir}"
+    )
+
+
+def pd_read_tsv(path):
+    import pandas as pd
+
+    return pd.read_csv(path, sep="\t", dtype={"plate": str, "image_id": str})
+
+
 @main.command("tophat")
 @click.argument("in_path", type=click.Path())
 @click.argument("out_path", type=click.Path())

@@ -447,6 +447,26 @@ class ComparisonConfig(Block):
 
 
 @dataclass(frozen=True)
+class QcConfig(Block):
+    """Ensemble uncertainty, per-image QC scores and the review export (:mod:`brightseg.qc`)."""
+
+    PATH: ClassVar[str] = "qc"
+    uncertainty: bool
+    uncertain_band: tuple[float, float]
+    border_px: int
+    review_threshold: float
+    export_cvat: bool
+    export_shapes: str
+    tolerance_px: float
+    min_iou: float
+
+    def __post_init__(self) -> None:
+        lo, hi = self.uncertain_band
+        if not lo < hi:
+            raise InputError("qc.uncertain_band", f"needs lo < hi, got [{lo}, {hi}]")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated config (what ``common.smk`` builds once at parse time)."""
 

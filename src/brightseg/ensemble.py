@@ -60,6 +60,12 @@ the float probabilities, not from the rounded ``prob``).  ``mask`` is written
 last, so ``store.has_label(image_id, "mask")`` means the image is complete: a
 rerun skips such images and redoes a partially written one.
 
+With ``uncertainty=True`` (config ``qc.uncertainty``) two more ``uint8`` labels are written
+before ``mask``, computed in the same streaming pass from the members' probabilities of each
+band of rows (:func:`brightseg.qc.uncertainty_maps`): ``variance``, the members' variance
+(``round(1020 * var)``), and ``entropy``, the binary entropy of the mean probability in bits
+(``round(255 * H)``); 2 more bytes per pixel in the output buffers, nothing more held.
+
 Memory
 ------
 For a plate of 2048 x 1536 images (3.15 MPx), ``M`` models, batch ``B`` and
@@ -111,6 +117,7 @@ from .config import InferenceConfig
 from .errors import InputError
 from .metrics import choose_threshold, confusion_counts
 from .progress import progress
+from .qc import ENTROPY_LABEL, VARIANCE_LABEL, encode_entropy, encode_variance, uncertainty_maps
 from .tiling import (
     _axis_positions,
     _check_tiling,
@@ -670,6 +677,7 @@ def predict_plate(
     prefetch: int = 1,
     max_image_pixels: int | None = 2**26,
     desc: str = "predict",
+    uncertainty: bool = False,
 ) -> pd.DataFrame:
     """Predict every image of a plate store and write ``prob`` and ``mask`` labels.
 
@@ -694,6 +702,8 @@ def predict_plate(
         Larger images are read band by band (None: always whole).
     desc : str
         Progress label.
+    uncertainty : bool
+        Also write the ``variance`` and ``entropy`` labels (module docstring).
 
     Returns
     -------
@@ -732,14 +742,20 @@ def predict_plate(
             "%s: %d of %d images already predicted (resumed)", desc, len(ids) - len(todo), len(ids)
         )
 
-    def reduce(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def reduce(probs: np.ndarray) -> tuple[np.ndarray, ...]:
         prob, mask = _vote(probs, vote, threshold)
-        return to_uint8(prob), mask
+        if not uncertainty:
+            return to_uint8(prob), mask
+        variance, entropy = uncertainty_maps(probs)
+        return to_uint8(prob), mask, encode_variance(variance), encode_entropy(entropy)
 
     def on_result(image_id: Hashable, outputs: list[np.ndarray]) -> None:
-        prob_u8, mask = outputs
+        prob_u8, mask = outputs[:2]
         store.create_label(image_id, PROB_LABEL, np.uint8)
         store.write_label(image_id, PROB_LABEL, prob_u8)
+        for name, arr in zip((VARIANCE_LABEL, ENTROPY_LABEL), outputs[2:], strict=False):
+            store.create_label(image_id, name, np.uint8)
+            store.write_label(image_id, name, arr)
         store.create_label(image_id, MASK_LABEL, np.uint8)
         store.write_label(image_id, MASK_LABEL, mask)  # last: marks the image complete
         rows[image_id] = row(image_id, np.count_nonzero(mask) / mask.size)
@@ -1032,7 +1048,14 @@ class Ensemble:
         prob, mask = _vote(probs, inf.vote, inf.threshold)
         return probs, prob, mask
 
-    def predict_plate(self, store: Any, *, skip_existing: bool = True, desc: str = "predict"):
+    def predict_plate(
+        self,
+        store: Any,
+        *,
+        skip_existing: bool = True,
+        desc: str = "predict",
+        uncertainty: bool = False,
+    ):
         """:func:`predict_plate` with this ensemble's models and settings."""
         inf = self.inference
         return predict_plate(
@@ -1046,4 +1069,5 @@ class Ensemble:
             tta=self.tta,
             skip_existing=skip_existing,
             desc=desc,
+            uncertainty=uncertainty,
         )

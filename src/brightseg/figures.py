@@ -744,3 +744,78 @@ def save_png(fig, path: Path) -> None:
 
     with matplotlib.rc_context(STYLE), atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", metadata=PNG_METADATA)
+
+
+# -------------------------------------------------------------------------- quality control
+
+QC_SCORE_LABEL = "QC score (0-1; mean of entropy in cells, bits, and uncertain-border share)"
+
+
+def qc_score_distribution(data: pd.DataFrame, *, threshold: float):
+    """Histogram of the per-image QC score (:mod:`brightseg.qc`) with the review threshold.
+
+    ``data`` has ``qc_score`` (one row per image).  The x axis spans [0, 1] (the score's
+    range), the y axis counts images from 0; the title gives n and how many are flagged.
+    """
+    _require(data, ["qc_score"], "qc_score_distribution")
+    scores = data["qc_score"].to_numpy(float)
+    scores = scores[np.isfinite(scores)]
+    with matplotlib.rc_context(STYLE):
+        if not scores.size:
+            return _no_data("QC score per image", "no images")
+        fig = _figure(4.2, 2.8)
+        ax = fig.subplots()
+        bins = np.linspace(0.0, 1.0, 41)
+        ax.hist(scores, bins=bins, color=_colours(1)[0], edgecolor="white", linewidth=0.4)
+        ax.axvline(threshold, color="black", linestyle="--", linewidth=1.0)
+        n_flag = int((scores > threshold).sum())
+        ax.text(
+            threshold,
+            0.97,
+            f" review threshold {threshold:g}\n {n_flag} flagged",
+            transform=ax.get_xaxis_transform(),
+            va="top",
+            ha="left",
+            fontsize=7,
+        )
+        ax.set_xlim(0.0, 1.0)
+        ax.set_ylim(bottom=0.0)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(QC_SCORE_LABEL)
+        ax.set_ylabel("images")
+        ax.set_title(_with_n("QC score per image", len(scores)))
+    return fig
+
+
+def qc_vs_metric(
+    table: pd.DataFrame,
+    *,
+    metric: str = "dice",
+    rho: float = float("nan"),
+    threshold: float | None = None,
+    title: str = "",
+):
+    """Per-image QC score against a per-image metric (e.g. Dice), Spearman rho in the title.
+
+    Both axes are bounded from 0 (the score in [0, 1], [0, 1] metrics to just above 1).
+    """
+    _require(table, ["qc_score", metric], "qc_vs_metric")
+    x = table["qc_score"].to_numpy(float)
+    y = table[metric].to_numpy(float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    with matplotlib.rc_context(STYLE):
+        if not ok.any():
+            return _no_data("QC score and segmentation quality", "no images")
+        fig = _figure(4.0, 3.2)
+        ax = fig.subplots()
+        ax.scatter(x[ok], y[ok], s=14, color=_colours(1)[0], alpha=0.85, linewidths=0)
+        if threshold is not None:
+            ax.axvline(threshold, color="black", linestyle="--", linewidth=1.0)
+        ax.set_xlim(0.0, 1.0)
+        ax.set_ylim(0.0, 1.05) if is_bounded(metric) else ax.set_ylim(bottom=0.0)
+        ax.set_xlabel("QC score (0-1; higher = less certain)")
+        ax.set_ylabel(f"ensemble {axis_label(metric)} per image")
+        rho_txt = "n/a" if not np.isfinite(rho) else f"{rho:.2f}"
+        head = f"{title}: " if title else ""
+        ax.set_title(f"{head}{_with_n('images', int(ok.sum()))}, Spearman ρ = {rho_txt}")
+    return fig

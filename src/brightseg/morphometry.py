@@ -444,14 +444,24 @@ class CellTableWriter:
         return False
 
 
-def write_image_table(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> None:
-    """Write per-image rows (from :func:`summarise_image`) to ``images.parquet``."""
+def write_image_table(
+    rows: Iterable[Mapping[str, Any]],
+    path: str | os.PathLike,
+    *,
+    schema: pa.Schema | None = None,
+) -> None:
+    """Write per-image rows (from :func:`summarise_image`) to ``images.parquet``.
+
+    ``schema`` defaults to :data:`IMAGE_SCHEMA` (a superset of it adds columns, e.g. the
+    QC columns of :func:`brightseg.qc.image_schema`).
+    """
+    schema = IMAGE_SCHEMA if schema is None else schema
     rows = list(rows)
     if rows:
         df = pd.DataFrame(rows)
-        table = _to_table(df, IMAGE_SCHEMA, "image table")
+        table = _to_table(df, schema, "image table")
     else:
-        table = IMAGE_SCHEMA.empty_table()
+        table = schema.empty_table()
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
 

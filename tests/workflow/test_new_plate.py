@@ -24,6 +24,8 @@ PER_PLATE_AND_AGGREGATES = {
     "skipped_report": 1,
     "polarity_report": 1,
     "figures": 1,
+    "qc_review": 1,
+    "qc_export_cvat": 1,
     "all": 1,
 }
 
@@ -109,3 +111,68 @@ def test_new_training_plate_retrains(demo_copy):
     assert counts["augment"] == 1
     assert counts["import_annotations"] == 1
     assert counts["predict"] == 4  # a new ensemble predicts every plate again
+
+
+def _corrected_export(work, plate):
+    """A 'corrected' CVAT export of a plate's predictions (the qc export, one cell deleted)."""
+    from brightseg.platestore import open_labels
+    from brightseg.rules.qc import export_review
+
+    res = work / "results"
+    labels = open_labels(res / f"instances/{plate}.zarr", res / f"plates/{plate}.ome.zarr")
+    items = []
+    for image_id in labels.images["image_id"]:
+        cells = labels.read_label(image_id, "cells").copy()
+        items.append({"name": f"{image_id}.png", "labels": cells})
+    first = items[0]["labels"]
+    first[first == first.max()] = 0  # the reviewer deletes a false cell
+    out = work / "corrections" / plate
+    export_review(items, out, qc={})
+    return out / "cvat.xml", items
+
+
+def set_annotations(work, plate, path):
+    sheet = work / "config/plates.tsv"
+    rows = [line.split("\t") for line in sheet.read_text().splitlines()]
+    col = rows[0].index("annotations")
+    for row in rows[1:]:
+        if row[0] == plate:
+            row[col] = str(path.relative_to(work))
+    sheet.write_text("\n".join("\t".join(r) for r in rows) + "\n")
+
+
+def test_corrected_export_reimported_reruns_only_what_depends_on_it(demo_copy):
+    """A corrected export of the QC review as a plate's annotations: that plate's import and
+    what uses its annotations rerun; a plate not used for training retrains nothing, a
+    training plate retrains (and repredicts) but corrects no image again."""
+    import numpy as np
+
+    from brightseg.io import read_image
+
+    work = demo_copy
+    export, items = _corrected_export(work, "demo3")  # demo3: use_for_training false
+    set_annotations(work, "demo3", export)
+    dry = run_snakemake(work, "-n", "--cores", "2")
+    counts = job_counts(dry.stdout)
+    assert counts["import_annotations"] == 1 and "plate=demo3" in dry.stdout
+    for rule in ("correct_illumination", "augment", "train", "predict", "measure_cells"):
+        assert rule not in counts, (rule, counts)
+    # the import itself gives back the corrected cells (IoU >= 0.99 each)
+    run_snakemake(work, "--cores", "1", "results/annotations/demo3/manifest.parquet")
+    for item in items:
+        stem = item["name"][: -len(".png")]
+        back = read_image(work / f"results/annotations/demo3/{stem}_labels.tif")
+        truth = item["labels"]
+        assert int(back.max()) == len(np.unique(truth)) - 1
+        for label in np.unique(truth)[1:]:
+            m = truth == label
+            hits = np.bincount(back[m].astype(np.int64))
+            other = back == int(np.argmax(hits[1:]) + 1)
+            assert (m & other).sum() / (m | other).sum() >= 0.99
+
+    export1, _ = _corrected_export(work, "demo1")  # demo1 trains
+    set_annotations(work, "demo1", export1)
+    counts = job_counts(run_snakemake(work, "-n", "--cores", "2").stdout)
+    assert counts["import_annotations"] == 1
+    assert counts["train"] == 2 and counts["predict"] == 3
+    assert "correct_illumination" not in counts

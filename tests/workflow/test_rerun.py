@@ -32,6 +32,9 @@ INFERENCE_DOWNSTREAM = {
     "stats_report",
     "evalset_compare",
     "figures",
+    "qc_review",
+    "qc_export_cvat",
+    "evalset_qc",
     "all",
 }
 CHANGES = [
@@ -47,7 +50,12 @@ CHANGES = [
     ),
     # the watershed does not change the predictions or the evaluation sets (pixel masks)
     # (the bundle records the watershed settings as the defaults of predict-only runs)
-    ("instances", "h_um", 0.8, INFERENCE_DOWNSTREAM - {"predict", "evalset_compare"} | {"bundle"}),
+    (
+        "instances",
+        "h_um",
+        0.8,
+        INFERENCE_DOWNSTREAM - {"predict", "evalset_compare", "evalset_qc"} | {"bundle"},
+    ),
 ]
 
 

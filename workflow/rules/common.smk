@@ -245,6 +245,7 @@ def all_targets():
             targets += expand("results/figures/{name}.png", name=FIGURES)
         if ANNOTATED or stats_input().startswith("results/tables/livecell"):
             targets.append("results/tables/stats.json")
+    targets += qc_targets(targets)
     return targets
 
 
@@ -323,3 +324,39 @@ if not TRAINING and not PATCH_SETS and len(MODEL_RUNS):
         f"{SHEET}: no plate has use_for_training and no training.patch_sets are "
         "given, but config lists models to train"
     )
+
+
+# --- Uncertainty, per-image QC and the review list (qc block) ----------------------------
+
+try:
+    QC = bs_config.QcConfig.coerce(CFG["qc"])
+except InputError as exc:
+    raise WorkflowError(f"brightseg: bad input: {exc}")
+# Added to the rules only when qc.uncertainty is on: with it off, the predict and
+# measure_cells jobs (their params, inputs and outputs) are exactly those of before.
+QC_PREDICT_PARAMS = {"uncertainty": True} if QC.uncertainty else {}
+QC_MEASURE_INPUT = (
+    {"predictions": "results/predictions/{plate}.zarr"} if QC.uncertainty else {}
+)
+QC_MEASURE_PARAMS = (
+    {"qc": QC.subset(["uncertainty", "uncertain_band", "border_px"])}
+    if QC.uncertainty
+    else {}
+)
+
+
+def qc_targets(targets):
+    """The QC outputs of qc.uncertainty / qc.export_cvat, given the other targets."""
+    if not QC.uncertainty:
+        return []
+    out = []
+    if "results/tables/images.parquet" in targets:
+        out += ["results/qc/review.tsv", "results/figures/qc_scores.png"]
+        if QC.export_cvat:
+            out.append("results/qc/review")
+    out += [
+        f"results/tables/evalsets/{name}/qc.json"
+        for name in EVALSETS
+        if f"results/tables/evalsets/{name}/per_image.parquet" in targets
+    ]
+    return out

@@ -90,6 +90,7 @@ rule evalset_compare:
         mem_mb=16000,
         runtime=4 * 60,
     params:
+        **QC_PREDICT_PARAMS,
         spec=_evalset,
         inference=CFG.inference.as_dict(),
         illumination=CFG.illumination.as_dict(),

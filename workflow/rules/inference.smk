@@ -21,6 +21,7 @@ rule predict:
         mem_mb=16000,
         runtime=4 * 60,
     params:
+        **QC_PREDICT_PARAMS,
         inference=CFG.inference.as_dict(),
         ensemble_id=ENSEMBLE_ID,
     script:
@@ -49,6 +50,7 @@ rule split_instances:
 
 rule measure_cells:
     input:
+        **QC_MEASURE_INPUT,
         store="results/plates/{plate}.ome.zarr",
         instances="results/instances/{plate}.zarr",
     output:
@@ -69,6 +71,7 @@ rule measure_cells:
     conda:
         "../../envs/imaging.yaml"
     params:
+        **QC_MEASURE_PARAMS,
         morphometry=CFG.morphometry.as_dict(),
     script:
         "../../scripts/measure_cells.py"

@@ -38,6 +38,7 @@ from ..illumination import correct_illumination, radius_to_px
 from ..io import atomic_path, read_image, write_parquet, write_png, write_text
 from ..metrics import pixel_metrics
 from ..progress import progress
+from ..qc import encode_entropy, encode_variance, uncertainty_maps
 from ..tiling import to_uint8
 from . import atomic_dir
 
@@ -73,6 +74,7 @@ def evalset_compare(
     threshold: float = 127,
     paired_metrics: Sequence[str] = PAIRED_METRICS,
     seed: int = 0,
+    uncertainty: bool = False,
 ) -> pd.DataFrame:
     """Rule ``evalset_compare``: the ensemble, each checkpoint and every baseline on a set.
 
@@ -101,6 +103,9 @@ def evalset_compare(
         Metrics of the paired tests.
     seed : int
         Jitter of the figure's points.
+    uncertainty : bool
+        ``qc.uncertainty``: the predictions folder also gets ``<image>_variance.png`` and
+        ``<image>_entropy.png`` (the ``uint8`` codes of :mod:`brightseg.qc`).
 
     Returns
     -------
@@ -154,6 +159,10 @@ def evalset_compare(
                     pred_dir / f"{image_id}_mask.png",
                 )
                 write_png(to_uint8(prob), pred_dir / f"{image_id}_prob.png")
+                if uncertainty:
+                    variance, entropy = uncertainty_maps(probs)
+                    write_png(encode_variance(variance), pred_dir / f"{image_id}_variance.png")
+                    write_png(encode_entropy(entropy), pred_dir / f"{image_id}_entropy.png")
                 preds = {ENSEMBLE: mask.astype(np.uint8)}
                 for ckpt, p in zip(ens.names, probs, strict=True):
                     preds[ckpt] = (p > 0.5).astype(np.uint8)

@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..bundle import load_ensemble
-from ..config import InferenceConfig, InstancesConfig, MorphometryConfig
+from ..config import InferenceConfig, InstancesConfig, MorphometryConfig, QcConfig
+from ..errors import InputError
 from ..instances import split_with_config, write_cellpose_masks, write_imagej_rois
 from ..io import atomic_path, write_png, write_text
 from ..morphometry import (
@@ -34,6 +35,14 @@ from ..morphometry import (
 )
 from ..platestore import create_label_store, open_labels, open_plate
 from ..progress import progress
+from ..qc import (
+    ENTROPY_LABEL,
+    VARIANCE_LABEL,
+    decode_entropy,
+    decode_variance,
+    image_qc,
+    image_schema,
+)
 from . import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -50,7 +59,13 @@ def _store_identity(store: str | os.PathLike) -> str:
 
 
 def predict(
-    store: str, ensemble_tsv: str, labels_out: str, summary_out: str, *, inference
+    store: str,
+    ensemble_tsv: str,
+    labels_out: str,
+    summary_out: str,
+    *,
+    inference,
+    uncertainty: bool = False,
 ) -> pd.DataFrame:
     """Rule ``predict``: every selected checkpoint predicts every image of a plate; votes combined.
 
@@ -60,12 +75,16 @@ def predict(
     plate store's identity): a killed job resumes there, image by image, while a job with
     a changed threshold, retrained models or a re-corrected plate starts afresh (stale
     partial stores of this output are removed).  The finished store is renamed into place.
+
+    With ``uncertainty`` (``qc.uncertainty``) the store also holds the ``variance`` and
+    ``entropy`` labels (:mod:`brightseg.qc`).
     """
     cfg = InferenceConfig.coerce(inference)
     ens = load_ensemble(ensemble_tsv, cfg)
     plate = open_plate(store, mode="r")
     dest = Path(labels_out)
-    key = hashlib.sha256((ens.key + _store_identity(store)).encode()).hexdigest()[:20]
+    ident = ens.key + _store_identity(store) + ("+uncertainty" if uncertainty else "")
+    key = hashlib.sha256(ident.encode()).hexdigest()[:20]
     prefix = PARTIAL.format(name=dest.name)
     partial = dest.with_name(prefix + key)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +97,7 @@ def predict(
         labels = open_labels(partial, store, mode="r+")
     else:
         labels = create_label_store(partial, plate)
-    df = ens.predict_plate(labels, desc=f"predict {plate.plate}")
+    df = ens.predict_plate(labels, desc=f"predict {plate.plate}", uncertainty=uncertainty)
     write_text(df.to_csv(sep="\t", index=False, lineterminator="\n"), summary_out)
     with atomic_path(dest, is_dir=True) as tmp:
         os.replace(partial, tmp)
@@ -124,6 +143,8 @@ def measure_cells(
     exports_dir: str,
     *,
     morphometry: MorphometryConfig | dict,
+    predictions: str | None = None,
+    qc: QcConfig | dict | None = None,
 ) -> None:
     """Rule ``measure_cells``: per-cell morphometrics and per-image summaries of a plate.
 
@@ -131,9 +152,19 @@ def measure_cells(
     image id, cell label numbers and a scale bar from the plate's pixel size) and, per
     ``morphometry.export``, Cellpose ``_masks.tif`` and ImageJ ROI zips into
     ``exports_dir`` (a declared directory output, empty when both are off).
+
+    With ``qc.uncertainty`` the image table gets the QC columns of
+    :func:`brightseg.qc.image_qc` (:data:`brightseg.qc.QC_COLUMNS`), computed from the
+    ``prob``, ``variance`` and ``entropy`` labels of ``predictions`` inside the cells.
     """
     cfg = MorphometryConfig.coerce(morphometry)
+    qcfg = QcConfig.coerce(qc or {})
     ps = open_labels(instances, store)
+    pred = None
+    if qcfg.uncertainty:
+        if predictions is None:
+            raise InputError("qc.uncertainty", "measure_cells needs the predictions store")
+        pred = open_labels(predictions, store)
     meta_by_id = ps.images.set_index("image_id")
     summaries = []
     export = dict(cfg.export)
@@ -158,11 +189,12 @@ def measure_cells(
             }
             cells = _measure(labels, image, pixel_size_um=ps.pixel_size_um, meta=meta)
             writer.write(cells)
-            summaries.append(
-                summarise_image(
-                    cells, labels, pixel_size_um=ps.pixel_size_um, meta=meta, intensity=image
-                )
+            summary = summarise_image(
+                cells, labels, pixel_size_um=ps.pixel_size_um, meta=meta, intensity=image
             )
+            if pred is not None:
+                summary.update(_image_qc(pred, image_id, labels, qcfg, store))
+            summaries.append(summary)
             if i < cfg.n_overlays:
                 overlay = contour_overlay(
                     image, labels, pixel_size_um=ps.pixel_size_um, title=image_id
@@ -172,7 +204,28 @@ def measure_cells(
                 write_cellpose_masks(labels, tmp_exports / f"{image_id}_masks.tif")
             if export.get("imagej_rois"):
                 write_imagej_rois(labels, tmp_exports / f"{image_id}_rois.zip")
-    write_image_table(summaries, images_out)
+    write_image_table(summaries, images_out, schema=image_schema(qcfg.uncertainty))
+
+
+def _image_qc(pred, image_id: str, labels, qcfg: QcConfig, store: str) -> dict:
+    """QC columns of one image from the uncertainty labels of its prediction."""
+    for name in ("prob", VARIANCE_LABEL, ENTROPY_LABEL):
+        if not pred.has_label(image_id, name):
+            raise InputError(
+                pred.label_path,
+                f"image {image_id!r} has no {name!r} label (predict with qc.uncertainty: true)",
+            )
+    prob = pred.read_label(image_id, "prob").astype("float32") / 255.0
+    out = image_qc(
+        prob,
+        labels,
+        entropy=decode_entropy(pred.read_label(image_id, ENTROPY_LABEL)),
+        variance=decode_variance(pred.read_label(image_id, VARIANCE_LABEL)),
+        uncertain_band=qcfg.uncertain_band,
+        border_px=qcfg.border_px,
+    )
+    out["store_path"] = f"{store}/{pred.field_path(image_id)}"
+    return out
 
 
 def aggregate_tables(paths: list[str], out: str) -> None:
