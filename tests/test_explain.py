@@ -174,3 +174,22 @@ def test_cli_explain_and_bad_layer(tmp_path):
     )
     assert r.exit_code == 2
     assert "no feature layer 'nope'" in r.output and "enc0_c1_conv" in r.output
+
+
+def test_explain_config_block():
+    from pathlib import Path
+
+    import yaml
+
+    from brightseg.config import Config
+
+    demo = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/config.yaml").read_text())
+    cfg = Config.from_dict(demo)
+    assert cfg.explain.enabled is False and cfg.explain.layer is None and cfg.explain.images == 2
+    cfg = Config.from_dict({**demo, "explain": {"enabled": True, "layer": "enc3_c2_relu"}})
+    assert cfg.explain.enabled and cfg.explain.layer == "enc3_c2_relu"
+    assert cfg.explain.threshold == 0.5  # the schema's default
+    with pytest.raises(InputError, match="explain.images"):
+        Config.from_dict({**demo, "explain": {"images": 0}})
+    with pytest.raises(InputError, match="did you mean 'explain.layer'"):
+        Config.from_dict({**demo, "explain": {"layers": "x"}})
