@@ -348,6 +348,152 @@ def segment_cmd(images, model, out_dir, pixel_size_um, config_path):
     click.echo(f"{len(cells)} cells in {n_images} images -> {out_dir}")
 
 
+@main.command("explain")
+@click.argument("images", nargs=-1, required=True)
+@click.option(
+    "--model",
+    required=True,
+    type=click.Path(),
+    help="A model bundle (raw images), an ensemble.tsv or a .keras checkpoint (corrected images).",
+)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--layer", default=None, help="Feature layer (default: the deepest).")
+@click.option("--threshold", default=0.5, show_default=True, help="Of each model's mask.")
+@click.option("--pixel-size-um", type=float, default=None, help="For the scale bar.")
+@click.option("--list-layers", is_flag=True, help="Print each model's feature layers and exit.")
+@_handle_errors
+def explain_cmd(images, model, out_dir, layer, threshold, pixel_size_um, list_layers):
+    """Grad-CAM maps of IMAGES for each voting model of MODEL.
+
+    Writes <stem>_gradcam_<model>.png (image, map overlay with the mask outline, colour
+    bar, scale bar), <stem>_gradcam_<model>.npy (the map, float32 in [0, 1]) and
+    explain.tsv into OUT: use the folder `brightseg segment` wrote the masks into.
+    """
+    from .explain import default_layer, explain_files, feature_layers, load_voting_models
+
+    if list_layers:
+        for name, m in zip(*load_voting_models(model), strict=True):
+            click.echo(f"{name} (default {default_layer(m)}):")
+            for f in feature_layers(m):
+                click.echo(f"  {f.name}  {tuple(f.shape[1:])}")
+        return
+    table = explain_files(
+        images, model, out_dir, layer=layer, threshold=threshold, pixel_size_um=pixel_size_um
+    )
+    click.echo(f"{len(table)} Grad-CAM maps ({table['layer'].iloc[0]}) -> {out_dir}")
+
+
+@main.command("export-tflite")
+@click.argument("checkpoints", nargs=-1, required=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--patches", default="results/training/patches.zarr", show_default=True, type=click.Path()
+)
+@click.option(
+    "--manifest", default="results/training/manifest.parquet", show_default=True, type=click.Path()
+)
+@click.option("--size", type=int, default=None, help="Input size S (default: the model's, or 256).")
+@click.option(
+    "--form",
+    "forms",
+    multiple=True,
+    type=click.Choice(["float32", "float16", "int8"]),
+    default=("float32", "float16", "int8"),
+    show_default=True,
+)
+@click.option("--threshold", default=0.5, show_default=True, help="Mask threshold of the check.")
+@click.option("--threads", default=1, show_default=True, help="CPU threads (TFLite and Keras).")
+@click.option("--repeats", default=20, show_default=True, help="Timed runs (median reported).")
+@click.option("--n-val", type=int, default=None, help="Validation patches checked (default all).")
+@click.option(
+    "--all-variants",
+    is_flag=True,
+    help="Check on every validation patch, augmented variants included (default: originals).",
+)
+@click.option("--n-representative", default=64, show_default=True, help="int8 calibration.")
+@click.option("--min-dice", default=0.99, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@_handle_errors
+def export_tflite_cmd(
+    checkpoints,
+    out_dir,
+    patches,
+    manifest,
+    size,
+    forms,
+    threshold,
+    threads,
+    repeats,
+    n_val,
+    all_variants,
+    n_representative,
+    min_dice,
+    seed,
+):
+    """TFLite forms of CHECKPOINTS (.keras files, or an ensemble.tsv / bundle: every voting
+    checkpoint), each checked against its Keras model on the validation patches.
+
+    Writes <model>_<form>.tflite, <model>_tflite.{tsv,md} per checkpoint and tflite.{tsv,md}
+    (all rows: size, median CPU latency of one SxS patch, Dice vs Keras) into OUT; exits 1
+    when a form's Dice against the Keras mask is under --min-dice (the table is written).
+    """
+    import pandas as pd
+    import tensorflow as tf
+
+    # before any op runs: the Keras row is timed with the same thread count (in a process
+    # where TensorFlow already ran, the table's threads column says what it used: 0 = all)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError as exc:
+        logging.getLogger(__name__).warning("Keras threads unchanged: %s", exc)
+    from .deploy import ExportCheckFailed, check_passed, export_tflite, training_patches
+    from .explain import _model_label, load_voting_models
+    from .figures import table_to_markdown
+    from .io import write_text
+
+    val, rep = training_patches(
+        patches,
+        manifest,
+        n_val=n_val,
+        n_representative=n_representative,
+        seed=seed,
+        originals_only=not all_variants,
+    )
+    tables = []
+    for source in checkpoints:
+        names, models, files = load_voting_models(source, with_files=True)
+        for name, model, file in zip(names, models, files, strict=True):
+            tables.append(
+                export_tflite(
+                    model,
+                    out_dir,
+                    stem=_model_label(name),
+                    val_patches=val,
+                    representative=rep,
+                    size=size,
+                    forms=forms,
+                    threshold=threshold,
+                    threads=threads,
+                    repeats=repeats,
+                    min_dice=min_dice,
+                    keras_file=file,
+                )
+            )
+    table = pd.concat(tables, ignore_index=True)
+    write_text(
+        table.to_csv(sep="\t", index=False, float_format="%.4f"), Path(out_dir) / "tflite.tsv"
+    )
+    md = table_to_markdown(table, floatfmt=".4f")
+    write_text(md + "\n", Path(out_dir) / "tflite.md")
+    click.echo(md)
+    try:
+        check_passed(table, min_dice)
+    except ExportCheckFailed as exc:
+        click.echo(f"brightseg: error: {exc}", err=True)
+        sys.exit(1)
+
+
 @main.command("models")
 def models_cmd():
     """Parameters (total, trainable with the encoder frozen) and GFLOPs per 256x256 image

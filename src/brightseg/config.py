@@ -37,6 +37,7 @@ from .errors import InputError
 __all__ = [
     "AnnotationsConfig",
     "ComparisonConfig",
+    "ExplainConfig",
     "Config",
     "EnsembleConfig",
     "IlluminationConfig",
@@ -467,6 +468,17 @@ class QcConfig(Block):
 
 
 @dataclass(frozen=True)
+class ExplainConfig(Block):
+    """Grad-CAM maps of the voting models for the first images of each plate."""
+
+    PATH: ClassVar[str] = "explain"
+    enabled: bool
+    layer: str | None
+    images: int
+    threshold: float
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated config (what ``common.smk`` builds once at parse time)."""
 
@@ -482,6 +494,7 @@ class Config:
     livecell: LivecellConfig
     stats: StatsConfig
     comparison: ComparisonConfig
+    explain: ExplainConfig
 
     @classmethod
     def from_dict(cls, config: Mapping, *, source: str | Sequence[str] = "") -> Config:
@@ -506,6 +519,7 @@ class Config:
             livecell=LivecellConfig._build(raw["livecell"]),
             stats=StatsConfig._build(raw["stats"]),
             comparison=ComparisonConfig._build(raw["comparison"]),
+            explain=ExplainConfig._build(raw["explain"]),
         )
 
     def __getitem__(self, key: str) -> Any:

@@ -245,6 +245,8 @@ def all_targets():
             targets += expand("results/figures/{name}.png", name=FIGURES)
         if ANNOTATED or stats_input().startswith("results/tables/livecell"):
             targets.append("results/tables/stats.json")
+    if CFG.explain.enabled and PLATE_IDS and (BUNDLE or len(MODEL_RUNS)):
+        targets += expand("results/qc/explain/{plate}", plate=PLATE_IDS)
     targets += qc_targets(targets)
     return targets
 

@@ -92,3 +92,25 @@ rule aggregate_tables:
         "../../envs/imaging.yaml"
     script:
         "../../scripts/aggregate_tables.py"
+
+
+rule explain:
+    input:
+        store="results/plates/{plate}.ome.zarr",
+        ensemble=ENSEMBLE_SOURCE,
+    output:
+        directory("results/qc/explain/{plate}"),
+    log:
+        "logs/explain/{plate}.log",
+    benchmark:
+        "benchmarks/explain/{plate}.tsv"
+    conda:
+        "../../envs/tensorflow.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        explain=CFG.explain.as_dict(),
+    script:
+        "../../scripts/explain.py"

@@ -231,3 +231,33 @@ def _image_qc(pred, image_id: str, labels, qcfg: QcConfig, store: str) -> dict:
 def aggregate_tables(paths: list[str], out: str) -> None:
     """Rule ``aggregate_tables``: per-plate image summaries into one table."""
     _aggregate(paths, out)
+
+
+def explain(store: str, ensemble: str, out_dir: str, *, explain: dict) -> None:
+    """Rule ``explain``: Grad-CAM maps of each voting model for a plate's first images.
+
+    Writes ``<image_id>_gradcam_<model>.png`` (image and map overlay, colour bar, scale
+    bar) and ``.npy`` (the map) per image and model, and ``explain.tsv`` (one row each:
+    the layer, the mask's foreground fraction, the map's share inside the mask) into
+    ``out_dir`` (:func:`brightseg.explain.explain_images`).
+    """
+    from ..config import ExplainConfig
+    from ..explain import explain_images, load_voting_models
+
+    cfg = ExplainConfig.coerce(explain)
+    ps = open_plate(store, mode="r")
+    ids = list(ps.images["image_id"])[: cfg.images]
+    names, models = load_voting_models(ensemble)
+    with atomic_dir(out_dir) as tmp:
+        rows = explain_images(
+            [ps.read(i) for i in ids],
+            ids,
+            models,
+            names,
+            tmp,
+            layer=cfg.layer,
+            threshold=cfg.threshold,
+            pixel_size_um=ps.pixel_size_um,
+        )
+        write_text(pd.DataFrame(rows).to_csv(sep="\t", index=False), tmp / "explain.tsv")
+    log.info("explain: %d images x %d models -> %s", len(ids), len(models), out_dir)
