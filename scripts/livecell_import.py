@@ -10,4 +10,5 @@ with log_to(snakemake.log[0]):
         snakemake.output.index,
         snakemake.output.qc,
         exclude=snakemake.input.exclude,
+        expected=snakemake.params.expected,
     )

@@ -20,6 +20,8 @@ from brightseg import synth
 from brightseg.annotations import export
 from brightseg.errors import InputError
 
+ROOT = Path(__file__).resolve().parents[1]
+
 SMALL = (128, 128)
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools.*")
 
@@ -405,6 +407,9 @@ def test_livecell_fixture(tmp_path):
         assert 90 < np.median(arr) < 170
         n_ok += 1
     assert n_ok == 5
+    # the deliberately truncated image is named for the import, which logs it as expected
+    expected = (tmp_path / synth.EXPECTED_SKIPS).read_text().splitlines()
+    assert expected[0] == "file\treason" and expected[1].startswith(truncated.name + "\t")
     # Polygons rasterise close to their stated areas.
     from pycocotools import mask as mask_utils
 
@@ -412,6 +417,35 @@ def test_livecell_fixture(tmp_path):
         rle = mask_utils.frPyObjects(ann["segmentation"], 520, 704)
         area = float(mask_utils.area(mask_utils.merge(rle)))
         assert abs(area - ann["area"]) <= 0.2 * ann["area"] + 4
+
+
+def test_livecell_fixture_import_logs_the_truncated_image_as_expected(tmp_path, caplog):
+    import logging
+
+    from brightseg.rules.evaluation import livecell_import
+
+    paths = synth.synth_livecell(tmp_path / "fx", n_per_line=1, seed=1)
+    out = tmp_path / "imported"
+    out.mkdir()
+    ann = [str(p) for p in sorted(paths["single_cells"].values())]
+    args = (ann, str(paths["images_dir"]), str(out / "index.parquet"), str(out / "qc.tsv"))
+    excluded = str(ROOT / "resources" / "livecell_excluded.txt")
+    with caplog.at_level(logging.INFO, logger="brightseg"):
+        livecell_import(*args, exclude=excluded)
+    assert any(
+        r.levelno == logging.WARNING and paths["truncated"].name in r.getMessage()
+        for r in caplog.records
+    )
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="brightseg"):
+        livecell_import(
+            *args, exclude=excluded, expected=str(tmp_path / "fx" / synth.EXPECTED_SKIPS)
+        )
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    text = caplog.text
+    assert f"expected: {paths['truncated'].name} skipped (truncated on purpose" in text
+    assert "1 known bad files skipped; 0 other files skipped" in text
+    assert paths["truncated"].name in (out / "qc.tsv").read_text()  # still skipped, listed
 
 
 def test_eval_set(tmp_path):

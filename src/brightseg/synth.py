@@ -91,6 +91,9 @@ LIVECELL_LINES: dict[str, dict] = {
     "SkBr3": {"radius": 11.0, "cells": (45, 70), "mix": (0.55, 0.15, 0.30)},
     "SKOV3": {"radius": 17.0, "cells": (25, 40), "mix": (0.10, 0.55, 0.35)},
 }
+#: File of a synthetic LIVECell fixture naming the images it corrupted on purpose.
+EXPECTED_SKIPS = "expected_skips.tsv"
+
 #: An image named in the paper's list of excluded LIVECell test images.
 LIVECELL_EXCLUDED_EXAMPLE = "A172_Phase_A7_1_01d04h00m_3"
 
@@ -1108,6 +1111,13 @@ def synth_livecell(
         p = ann_dir / "LIVECell_single_cells" / line.lower() / "test.json"
         write_text(json.dumps(data) + "\n", p)
         single[line.lower()] = p
+    if truncated is not None:  # what the import will skip on purpose (logged as expected)
+        write_text(
+            "file\treason\n"
+            f"{Path(truncated).name}\ttruncated on purpose by the demo: a corrupt download that "
+            "is not on the exclude list, which the import must detect and skip\n",
+            Path(out_dir) / EXPECTED_SKIPS,
+        )
     log.info("synth_livecell: %d images written to %s", len(paths), out_dir)
     return {
         "root": out_dir,

@@ -310,6 +310,7 @@ def import_livecell(
     out_dir: str | os.PathLike,
     *,
     exclude: Iterable[str] | str | os.PathLike | None = None,
+    expected: Mapping[str, str] | None = None,
 ):
     """Write LIVECell ground truth as label images and masks, with an index.
 
@@ -326,6 +327,10 @@ def import_livecell(
     exclude : path-like or iterable of str, optional
         The path of an exclusion list (see :func:`load_excluded`), or the
         names to skip (with or without extension).
+    expected : mapping of str to str, optional
+        Files known to be bad (name -> why, e.g. the demo's deliberately truncated image):
+        still checked, skipped and listed in ``qc.tsv``, but logged as expected, not as a
+        warning.
 
     Returns
     -------
@@ -352,6 +357,7 @@ def import_livecell(
     else:
         excluded = {_stem(e) for e in exclude}
     out_dir = Path(out_dir)
+    known = {_stem(k): v for k, v in (expected or {}).items()}
     rows: list[dict] = []
     qc: list[dict] = []
     seen: set[str] = set()
@@ -374,6 +380,10 @@ def import_livecell(
                 qc.append({"file": file_name, "annotation_file": str(ann), "reason": reason})
                 if expected:  # on the exclude list: what the paper did, not a problem
                     log.info("expected: %s excluded (%s)", file_name, reason)
+                elif _stem(file_name) in known:
+                    log.info(
+                        "expected: %s skipped (%s): %s", file_name, known[_stem(file_name)], reason
+                    )
                 else:
                     log.warning("skipping %s: %s", file_name, reason)
 
@@ -446,13 +456,19 @@ def import_livecell(
     write_text(qc_df.to_csv(sep="\t", index=False, lineterminator="\n"), out_dir / "qc.tsv")
     write_parquet(images_df, out_dir / "index.parquet")
     n_excluded = int(qc_df["reason"].str.startswith("excluded:").sum()) if len(qc_df) else 0
+    n_known = sum(
+        1
+        for f, r in zip(qc_df["file"], qc_df["reason"], strict=True)
+        if _stem(f) in known and not r.startswith("excluded:")
+    )
     log.info(
         "LIVECell import: %d images imported; expected: %d files on the exclude list (%s) "
-        "excluded; %d other files skipped (see qc.tsv)",
+        "excluded%s; %d other files skipped (see qc.tsv)",
         len(images_df),
         n_excluded,
         exclude if isinstance(exclude, str | os.PathLike) else "as given",
-        len(qc_df) - n_excluded,
+        f", {n_known} known bad files skipped" if n_known else "",
+        len(qc_df) - n_excluded - n_known,
     )
     return images_df, qc_df
 

@@ -171,11 +171,25 @@ def evaluate(
 
 
 def livecell_import(
-    annotations: list[str], images: str, out_index: str, out_qc: str, *, exclude: str
+    annotations: list[str],
+    images: str,
+    out_index: str,
+    out_qc: str,
+    *,
+    exclude: str,
+    expected: str | None = None,
 ) -> None:
-    """Rule ``livecell_import``: LIVECell COCO -> label images, masks, index, QC table."""
+    """Rule ``livecell_import``: LIVECell COCO -> label images, masks, index, QC table.
+
+    ``expected``: a TSV (``file``, ``reason``) of files known to be bad, such as the one the
+    demo's synthetic fixture truncates on purpose: still skipped, logged as expected.
+    """
     out_dir = Path(out_index).parent
-    imgs, qc = import_livecell(annotations, images, out_dir, exclude=exclude)
+    known = None
+    if expected:
+        table = pd.read_csv(expected, sep="\t", dtype=str, keep_default_na=False)
+        known = dict(zip(table["file"], table["reason"], strict=True))
+    imgs, qc = import_livecell(annotations, images, out_dir, exclude=exclude, expected=known)
     for produced, wanted in ((out_dir / "index.parquet", out_index), (out_dir / "qc.tsv", out_qc)):
         if produced.resolve() != Path(wanted).resolve():
             raise ValueError(f"{wanted}: livecell_import writes {produced.name} in {out_dir}")
