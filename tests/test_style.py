@@ -47,3 +47,17 @@ def test_snakemake_lint():
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     assert "Congratulations, your workflow is in a good condition!" in out, out
+
+
+def test_report_categories_do_not_shadow_snakemakes_own_targets():
+    """Snakemake's report defines the RST targets ``Workflow`` and ``Statistics`` (its panels)
+    and one per category: a category of the same name (docutils compares them lowercased)
+    makes every caption warn 'Duplicate explicit target name'."""
+    import re
+
+    reserved = {"workflow", "statistics"}
+    categories = set()
+    for smk in (ROOT / "workflow").rglob("*.smk"):
+        categories |= set(re.findall(r'category="([^"]+)"', smk.read_text()))
+    assert categories, "no report categories found"
+    assert not {c for c in categories if c.strip().lower() in reserved}

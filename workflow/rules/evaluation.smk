@@ -164,7 +164,7 @@ rule stats_report:
         md=report(
             "results/tables/stats.md",
             caption="../report/stats.rst",
-            category="Statistics",
+            category="Statistical tests",
         ),
         tex="results/tables/stats.tex",
     log:
