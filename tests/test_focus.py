@@ -468,3 +468,35 @@ def test_one_selected_plane_is_a_single_plane_plate(tmp_path):
     np.testing.assert_array_equal(
         ps.read("P_B03_f00_t00"), quantise(correct(stack[3].astype("float32"), 12, mode="black"))
     )
+
+
+def test_bundle_records_the_planes_and_segment_refuses_them(tmp_path):
+    keras = pytest.importorskip("keras")
+    from brightseg import bundle as B
+    from brightseg.segment import segment_images
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((32, 32, 3))
+    keras.Model(inp, keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid")(inp)).save(
+        tmp_path / "e1.keras"
+    )
+    tsv = tmp_path / "ensemble.tsv"
+    tsv.write_text(
+        f"rank\tpath\tmodel\tloss\tepoch\tval_f1\n1\t{tmp_path}/e1.keras\tu\tbce\t1\t0.8\n"
+    )
+    ill = {"radius": 12, "unit": "px", "mode": "black", "method": "fast", "percentiles": [1, 99.8]}
+    inf = {"tile": 32, "overlap": 8, "vote": "mean", "threshold": 0.5, "tta": False}
+    kwargs = dict(illumination=ill, inference=inf, tile=32, pixel_size_um=0.65)
+    flat = B.write_bundle(tsv, tmp_path / "flat", **kwargs)
+    planes = B.write_bundle(tsv, tmp_path / "planes", **kwargs, input_planes=3)
+    assert "input_planes" not in flat["preprocessing"]  # grey bundles are written as before
+    assert planes["preprocessing"]["input_planes"] == 3
+    with B.open_bundle(tmp_path / "planes") as bundle:
+        assert bundle.input_planes == 3
+    with B.open_bundle(tmp_path / "flat") as bundle:
+        assert bundle.input_planes == 1
+    image = tmp_path / "im.tif"
+    tifffile.imwrite(image, _planes(1)[0])
+    with pytest.raises(InputError, match="take 3 focal planes") as err:
+        segment_images([image], tmp_path / "planes", tmp_path / "out")
+    assert err.value.path == str(tmp_path / "planes")
