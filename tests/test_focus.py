@@ -148,6 +148,22 @@ def test_missing_plane_file_is_named(tmp_path):
     assert "'P1'" in err.value.message
 
 
+def test_bad_plane_groups_are_skipped_and_listed_under_skip(tmp_path):
+    imgs = tmp_path / "imgs"
+    _write_files(imgs, "P1_B03_f00_t00", _planes(3))
+    _write_files(imgs, "P1_B04_f00_t00", _planes(3))
+    _write_stack(imgs, "P1_B05_f00_t00", _planes(2))
+    (imgs / "P1_B04_f00_t00_z0.tif").unlink()
+    df, skipped = plate_images(
+        "P1", str(imgs), compile_regex(RX), focus=Focus(3, (0, 1, 2)), on_bad_input="skip"
+    )
+    assert df["image_id"].tolist() == ["P1_B03_f00_t00"]
+    assert [(f.rsplit("/", 1)[1], r.split(":")[0]) for f, r in skipped] == [
+        ("P1_B04_f00_t00_z0.tif", "plane file missing"),
+        ("P1_B05_f00_t00.tif", "2 page(s) but z_planes is 3"),
+    ]
+
+
 def test_inconsistent_plane_counts_are_errors(tmp_path):
     imgs = tmp_path / "imgs"
     _write_files(imgs, "P1_B03_f00_t00", _planes(4))

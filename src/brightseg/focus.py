@@ -149,7 +149,9 @@ def split_plane_suffix(stem: str) -> tuple[str, int | None]:
     return stem[: m.start()], int(m.group(1))
 
 
-def group_planes(files: Sequence[Path], planes: int) -> list[tuple[str, list[Path]]]:
+def group_planes(
+    files: Sequence[Path], planes: int, skipped: list[tuple[str, str]] | None = None
+) -> list[tuple[str, list[Path]]]:
     """Group a plate's files into images of ``planes`` planes.
 
     Parameters
@@ -159,6 +161,9 @@ def group_planes(files: Sequence[Path], planes: int) -> list[tuple[str, list[Pat
         ``<stem>``; any other file is one image, a multi-page TIFF of ``planes`` pages.
     planes : int
         Planes per image.
+    skipped : list, optional
+        Given (``on_bad_input: skip``), an image whose planes are wrong is left out and
+        ``(file, reason)`` appended here instead of raising.
 
     Returns
     -------
@@ -174,37 +179,54 @@ def group_planes(files: Sequence[Path], planes: int) -> list[tuple[str, list[Pat
     """
     groups: dict[str, dict[int, Path]] = {}
     stacks: dict[str, Path] = {}
+    bad: dict[str, InputError] = {}  # stem -> its first problem
     for f in files:
         f = Path(f)
         stem, k = split_plane_suffix(f.stem)
         if k is None:
             stacks[f.stem] = f
             continue
-        if k >= planes:
-            raise InputError(
-                f, f"plane z{k} beyond the plate's z_planes {planes} (planes 0 to {planes - 1})"
-            )
         group = groups.setdefault(stem, {})
-        if k in group:
-            raise InputError(f, f"plane z{k} of image {stem!r} given twice (also {group[k]})")
-        group[k] = f
+        if k >= planes:
+            bad.setdefault(
+                stem,
+                InputError(
+                    f, f"plane z{k} beyond the plate's z_planes {planes} (planes 0 to {planes - 1})"
+                ),
+            )
+        elif k in group:
+            bad.setdefault(
+                stem, InputError(f, f"plane z{k} of image {stem!r} given twice (also {group[k]})")
+            )
+        else:
+            group[k] = f
     out: list[tuple[str, list[Path]]] = []
     for stem, group in groups.items():
-        if stem in stacks:
-            raise InputError(
-                stacks[stem], f"image {stem!r} is given both as one file and as _z<k> planes"
-            )
         missing = [k for k in range(planes) if k not in group]
-        if missing:
-            some = next(iter(group.values()))
-            expected = some.with_name(f"{stem}_z{missing[0]}{some.suffix}")
-            raise InputError(
-                expected,
-                f"plane file missing: image {stem!r} has planes {sorted(group)} but z_planes "
-                f"is {planes} (missing plane(s) {missing})",
+        if stem in stacks:
+            bad.setdefault(
+                stem,
+                InputError(
+                    stacks[stem], f"image {stem!r} is given both as one file and as _z<k> planes"
+                ),
             )
-        out.append((stem, [group[k] for k in range(planes)]))
-    out.extend((stem, [f]) for stem, f in stacks.items())
+        elif missing and group:
+            some = next(iter(group.values()))
+            bad.setdefault(
+                stem,
+                InputError(
+                    some.with_name(f"{stem}_z{missing[0]}{some.suffix}"),
+                    f"plane file missing: image {stem!r} has planes {sorted(group)} but "
+                    f"z_planes is {planes} (missing plane(s) {missing})",
+                ),
+            )
+        if stem not in bad:
+            out.append((stem, [group[k] for k in range(planes)]))
+    out.extend((stem, [f]) for stem, f in stacks.items() if stem not in bad)
+    for stem, exc in sorted(bad.items()):
+        if skipped is None:
+            raise exc
+        skipped.append((exc.path, exc.message))
     return sorted(out, key=lambda item: item[0])
 
 

@@ -311,15 +311,15 @@ def plate_images(
     files = list_images(spec)
     if not files:
         raise InputError(spec, f"plate {plate!r}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    rows, skipped = [], []
     if focus is None:
         images = [(f.stem, [f]) for f in files]
     else:
         try:
-            images = group_planes(files, focus.planes)
+            images = group_planes(files, focus.planes, skipped if on_bad_input == "skip" else None)
+            images = _check_stack_pages(plate, images, focus, limits, skipped, on_bad_input)
         except InputError as exc:
             raise InputError(exc.path, f"plate {plate!r}: {exc.message}") from None
-        _check_stack_pages(plate, images, focus, limits)
-    rows, skipped = [], []
     for stem, paths in images:
         f = paths[0]
         try:
@@ -364,23 +364,34 @@ def plate_images(
 
 
 def _check_stack_pages(
-    plate: str, images: list[tuple[str, list[Path]]], focus: Focus, limits: Limits | None
-) -> None:
-    """A multi-page TIFF of a multi-focal plate must have ``focus.planes`` pages (header)."""
-    for _, paths in images:
-        if len(paths) != 1:
+    plate: str,
+    images: list[tuple[str, list[Path]]],
+    focus: Focus,
+    limits: Limits | None,
+    skipped: list[tuple[str, str]],
+    on_bad_input: str,
+) -> list[tuple[str, list[Path]]]:
+    """Multi-page TIFFs of a multi-focal plate must have ``focus.planes`` pages (header)."""
+    kept = []
+    for stem, paths in images:
+        pages = focus.planes
+        if len(paths) == 1:
+            try:
+                pages = cached_image_header(paths[0], limits).pages
+            except (InputError, OSError):
+                pass  # unreadable: the job reading it reports it
+        if pages == focus.planes:
+            kept.append((stem, paths))
             continue
-        try:
-            header = cached_image_header(paths[0], limits)
-        except (InputError, OSError):
-            continue  # unreadable: the job reading it reports it
-        if header.pages != focus.planes:
-            raise InputError(
-                paths[0],
-                f"plate {plate!r}: {header.pages} page(s) but z_planes is {focus.planes}: a "
-                f"multi-focal image is one TIFF of {focus.planes} pages or {focus.planes} "
-                "files <stem>_z<k>",
-            )
+        exc = InputError(
+            paths[0],
+            f"{pages} page(s) but z_planes is {focus.planes}: a multi-focal image is one "
+            f"TIFF of {focus.planes} pages or {focus.planes} files <stem>_z<k>",
+        )
+        if on_bad_input != "skip":
+            raise exc
+        skipped.append((exc.path, exc.message))
+    return kept
 
 
 def _fmt_size(size: tuple[int, int]) -> str:

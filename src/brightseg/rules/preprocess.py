@@ -137,7 +137,9 @@ def correct_illumination(
         except InputError as exc:
             if on_bad_input != "skip":
                 raise
-            skip_rows.append((row.path, exc.message))
+            skip_rows.append(
+                (exc.path if focus is not None and exc.path else row.path, exc.message)
+            )
             continue
         warn_low_bit_depth(img, row.path)
         shapes.setdefault(img.shape, row.path)
