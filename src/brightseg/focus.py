@@ -223,7 +223,7 @@ def group_planes(
         if stem not in bad:
             out.append((stem, [group[k] for k in range(planes)]))
     out.extend((stem, [f]) for stem, f in stacks.items() if stem not in bad)
-    for stem, exc in sorted(bad.items()):
+    for _, exc in sorted(bad.items(), key=lambda item: item[0]):
         if skipped is None:
             raise exc
         skipped.append((exc.path, exc.message))
