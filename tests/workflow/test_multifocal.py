@@ -92,3 +92,44 @@ def test_multifocal_config_trains_and_predicts_on_planes(tmp_path):
     assert set(ev.loc[ev["source"] == "held-out plate", "plate"]) == {"mf2"}
     bundle = json.loads((res / "models/bundle/bundle.json").read_text())
     assert bundle["preprocessing"]["input_planes"] == 3
+
+
+def test_a_multi_plane_bundle_refuses_single_plane_plates(tmp_path):
+    """Predict-only with a bundle of 3-plane models: a plate of one plane stops the run."""
+    import keras
+
+    from brightseg.bundle import write_bundle
+
+    work = copy_workflow(tmp_path / "new")
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((32, 32, 3))
+    keras.Model(inp, keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid")(inp)).save(
+        tmp_path / "e1.keras"
+    )
+    tsv = tmp_path / "ensemble.tsv"
+    tsv.write_text(
+        f"rank\tpath\tmodel\tloss\tepoch\tval_f1\n1\t{tmp_path}/e1.keras\tu\tbce\t1\t0.8\n"
+    )
+    write_bundle(
+        tsv,
+        tmp_path / "bundle",
+        work / "planes.tar",
+        illumination={"radius": 40, "unit": "px", "mode": "black", "method": "fast",
+                      "percentiles": [1.0, 99.8]},
+        inference={"overlap": 8, "vote": "mean", "threshold": 0.5, "tta": False},
+        tile=32,
+        pixel_size_um=0.65,
+        input_planes=3,
+    )  # fmt: skip
+    (work / "config/new.yaml").write_text(
+        "plates: config/new.tsv\ndemo:\n  synth:\n    flat: {n_images: 1, shape: [64, 64]}\n"
+    )
+    (work / "config/new.tsv").write_text(
+        "plate\timages\tmodality\tpixel_size_um\tannotations\tuse_for_training\n"
+        "flat\tresults/demo/flat/images\tbrightfield\t0.65\t\tfalse\n"
+    )
+    args = ("-n", "--cores", "1", "--configfile", "config/new.yaml", "--config", "model=planes.tar")
+    proc = run_snakemake(work, *args, check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0, text[-3000:]
+    assert "plate(s) ['flat'] have [1] focal plane(s) but the models of planes.tar take 3" in text
