@@ -16,4 +16,5 @@ with log_to(snakemake.log[0]):
         chunk=int(snakemake.params.chunk),
         on_bad_input=snakemake.params.on_bad_input,
         limits=dict(snakemake.params.limits),
+        focus=snakemake.params.focus,
     )

@@ -13,4 +13,5 @@ with log_to(snakemake.log[0]):
         annotations=dict(snakemake.params.annotations),
         on_bad_input=snakemake.params.on_bad_input,
         limits=dict(snakemake.params.limits),
+        focus=snakemake.params.focus,
     )

@@ -85,7 +85,7 @@ def test_mask_0_255_accepted_and_bad_inputs_rejected():
     with pytest.raises(InputError, match="NaN"):
         make_patches(np.full((8, 8), np.nan, np.float32), m255, size=8, name="x.tif")
     with pytest.raises(InputError, match="2-D"):
-        make_patches(np.zeros((8, 8, 3), np.float32), m255, size=8)
+        make_patches(np.zeros((8, 8, 2), np.float32), m255, size=8)
 
 
 def test_rgb_uint8_conversion_and_stack():

@@ -244,6 +244,12 @@ PRIMARY: dict[str, TransformFactory] = {
     "InvertImg": lambda h, w: A.InvertImg(p=1.0),
 }
 
+#: Colour transforms that mix or reorder the channels: on the three focal planes of a
+#: multi-focal image (:mod:`brightseg.focus`) they would blend planes or swap their order,
+#: so multi-focal patches draw their primary from the others (which treat every channel
+#: alike: one blur kernel, one noise field, one gamma for all planes).
+CHANNEL_MIXING = ("ISONoise", "HueSaturationValue", "ChannelShuffle", "CLAHE", "ToGray")
+
 #: Geometric transforms (image and mask warped together), incl. the composites.
 SECONDARY: dict[str, TransformFactory] = {
     "ElasticTransform": _elastic,
@@ -273,7 +279,9 @@ def stable_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "big") % (2**32)
 
 
-def variant_plan(image_id: str, seed: int, n_variants: int = 21) -> list[tuple[int, str, str]]:
+def variant_plan(
+    image_id: str, seed: int, n_variants: int = 21, *, planes: int = 1
+) -> list[tuple[int, str, str]]:
     """Which transforms each variant of one pair gets.
 
     Parameters
@@ -284,17 +292,22 @@ def variant_plan(image_id: str, seed: int, n_variants: int = 21) -> list[tuple[i
         Global seed (from the config).
     n_variants : int
         Number of variants including the untouched variant 0.
+    planes : int
+        1 for a grey image; 3 for three focal planes, whose primaries exclude
+        :data:`CHANNEL_MIXING`.
 
     Returns
     -------
     list of (k, primary_name, secondary_name)
         Variant 0 is ``(0, "none", "none")``; for ``k >= 1`` the names are drawn
-        uniformly from :data:`PRIMARY` and :data:`SECONDARY` with a generator
-        seeded by ``stable_seed(seed, image_id, k)``.
+        uniformly from :data:`PRIMARY` (less :data:`CHANNEL_MIXING` for planes) and
+        :data:`SECONDARY` with a generator seeded by ``stable_seed(seed, image_id, k)``.
     """
     if n_variants < 1:
         raise InputError(None, f"n_variants must be >= 1, got {n_variants}")
     primaries, secondaries = list(PRIMARY), list(SECONDARY)
+    if planes > 1:
+        primaries = [p for p in primaries if p not in CHANNEL_MIXING]
     plan = [(0, "none", "none")]
     for k in range(1, n_variants):
         rng = np.random.default_rng(stable_seed(seed, image_id, k))
@@ -400,6 +413,7 @@ def augment_pair(
     *,
     seed: int,
     n_variants: int = 21,
+    planes: int = 1,
 ) -> list[dict]:
     """All variants of one image/mask pair.
 
@@ -415,6 +429,9 @@ def augment_pair(
         Global seed.
     n_variants : int
         Number of variants, including the untouched variant 0.
+    planes : int
+        3 when the channels are focal planes (see :func:`variant_plan`); a geometric
+        transform moves all channels alike either way.
 
     Returns
     -------
@@ -424,7 +441,7 @@ def augment_pair(
     """
     image, mask = _check_u8_pair(image_u8_hw3, mask_u8_hw, image_id)
     out = []
-    for k, p, s in variant_plan(image_id, seed, n_variants):
+    for k, p, s in variant_plan(image_id, seed, n_variants, planes=planes):
         if k == 0:
             img, m = image.copy(), mask.copy()
         else:
@@ -493,8 +510,10 @@ def build_training_store(
     ----------
     pairs : iterable of dict
         Each with ``image_id`` (unique str), ``plate``, ``modality``, ``image``
-        (float32 2-D in [0, 1]) and ``mask`` (uint8 2-D, 0/1).  Consumed once,
-        one pair at a time (a generator is fine).
+        (float32 2-D in [0, 1], or ``(H, W, 3)``: three focal planes) and ``mask``
+        (uint8 2-D, 0/1).  Consumed once, one pair at a time (a generator is fine).
+        Grey and three-plane images cannot be mixed (:class:`InputError`); a store
+        of three-plane images has the attribute ``planes: 3``.
     out_zarr : path-like
         Destination zarr 3 group with arrays ``images`` (uint8 (N, H, W, 3))
         and ``masks`` (uint8 (N, H, W)), chunked ``(chunk_samples, H, W[, 3])``,
@@ -529,6 +548,7 @@ def build_training_store(
     block = chunk_samples * max(1, -(-64 // chunk_samples))
     rows: list[dict] = []
     seen: set[str] = set()
+    plane_kinds: dict[int, str] = {}  # planes -> first image with that many
     with atomic_path(out_zarr, is_dir=True) as tmp:
         root = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
         codec = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
@@ -558,8 +578,18 @@ def build_training_store(
             seen.add(image_id)
             plate = str(_pair_field(pair, "plate", i))
             modality = str(_pair_field(pair, "modality", i))
+            image = _pair_field(pair, "image", i)
+            planes = int(np.shape(image)[2]) if np.ndim(image) == 3 else 1
+            plane_kinds.setdefault(planes, f"{image_id} (plate {plate})")
+            if len(plane_kinds) > 1:
+                raise InputError(
+                    out_manifest,
+                    "training images differ in focal planes: "
+                    + ", ".join(f"{n} plane(s) e.g. {ex}" for n, ex in plane_kinds.items())
+                    + "; train on images with the same planes (sheet z_planes / z_select)",
+                )
             patches = make_patches(
-                _pair_field(pair, "image", i),
+                image,
                 _pair_field(pair, "mask", i),
                 size=size,
                 stride=stride,
@@ -571,7 +601,12 @@ def build_training_store(
             for r, c, img_patch, mask_patch in patches:
                 base = f"{image_id}_r{r}_c{c}"
                 for v in augment_pair(
-                    to_rgb_uint8(img_patch), mask_patch, base, seed=seed, n_variants=n_variants
+                    to_rgb_uint8(img_patch),
+                    mask_patch,
+                    base,
+                    seed=seed,
+                    n_variants=n_variants,
+                    planes=planes,
                 ):
                     index = writer.add(v["image"], v["mask"])
                     rows.append(
@@ -607,6 +642,7 @@ def build_training_store(
                 "min_foreground": float(min_foreground),
                 "n_samples": len(rows),
                 "n_source_images": len(seen),
+                **({"planes": max(plane_kinds)} if max(plane_kinds) > 1 else {}),
             }
         )
     # the manifest is written last: it marks the store as complete
@@ -639,6 +675,17 @@ def open_training_store(path: str | os.PathLike):
     try:
         root = zarr.open_group(store=str(path), mode="r")
         return root["images"], root["masks"]
+    except Exception as exc:  # noqa: BLE001 - corrupt store is bad input
+        raise InputError(
+            path, f"cannot open training store ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def training_store_planes(path: str | os.PathLike) -> int:
+    """Focal planes of a training store's images: 3 (multi-focal) or 1 (grey replicated)."""
+    try:
+        root = zarr.open_group(store=str(path), mode="r")
+        return int(root.attrs.get("planes", 1))
     except Exception as exc:  # noqa: BLE001 - corrupt store is bad input
         raise InputError(
             path, f"cannot open training store ({type(exc).__name__}: {exc})"

@@ -136,6 +136,7 @@ def write_bundle(
     training: Mapping | None = None,
     instances: Mapping | None = None,
     versions: Mapping | None = None,
+    input_planes: int = 1,
 ) -> dict:
     """Write a bundle directory (and its ``.tar`` archive) from an ``ensemble.tsv``.
 
@@ -162,6 +163,9 @@ def write_bundle(
         to record (``seed``, the training keys).
     versions : mapping, optional
         Package versions (default :func:`package_versions`).
+    input_planes : int
+        Focal planes the models take as their channels (:mod:`brightseg.focus`): 3 is
+        recorded as ``preprocessing.input_planes``; 1 (grey) is the absence of the key.
 
     Returns
     -------
@@ -213,6 +217,7 @@ def write_bundle(
                 "illumination_radius_um": radius_um,
                 "pixel_size_um": pixel_size_um,
                 "tile": inf["tile"],
+                **({"input_planes": int(input_planes)} if int(input_planes) > 1 else {}),
             },
             "inference": _jsonable(inf),
             "postprocessing": {"instances": _jsonable(dict(instances or {}))},
@@ -363,6 +368,11 @@ class Bundle:
     @property
     def illumination(self) -> dict:
         return dict(self.manifest["preprocessing"]["illumination"])
+
+    @property
+    def input_planes(self) -> int:
+        """Focal planes the models take (1: a grey image, replicated)."""
+        return int(self.manifest["preprocessing"].get("input_planes", 1))
 
     @property
     def inference(self) -> dict:

@@ -266,17 +266,25 @@ class _Pipe:
 
 
 class _ZarrPlane:
-    """Lazy 2-D float32 view of plane ``t`` of a ``(T, 1, H, W)`` uint16 array."""
+    """Lazy float32 view of time ``t`` of a ``(T, C, H, W)`` uint16 array.
+
+    ``(H, W)`` for one channel; ``(H, W, C)`` (channels last) for focal planes.
+    """
 
     def __init__(self, array: Any, t: int):
         self.array = array
         self.t = t
-        self.shape = tuple(int(s) for s in array.shape[-2:])
+        self.channels = int(array.shape[1])
+        hw = tuple(int(s) for s in array.shape[-2:])
+        self.shape = hw if self.channels == 1 else (*hw, self.channels)
 
     def __getitem__(self, key):
         if not isinstance(key, tuple):
             key = (key, slice(None))
-        raw = np.asarray(self.array[(self.t, 0, *key)])
+        if self.channels == 1:
+            raw = np.asarray(self.array[(self.t, 0, *key)])
+        else:
+            raw = np.moveaxis(np.asarray(self.array[(self.t, slice(None), *key[:2])]), 0, -1)
         return raw.astype(np.float32) / np.float32(65535)
 
 
@@ -286,8 +294,10 @@ class _Job:
     def __init__(self, key: Hashable, source: Any, tile: int, overlap: int):
         self.key = key
         shape = tuple(getattr(source, "shape", ()))
-        if len(shape) != 2:
-            raise InputError(str(key), f"expected a 2-D image, got shape {shape}")
+        if len(shape) != 2 and not (len(shape) == 3 and shape[2] == 3):
+            raise InputError(
+                str(key), f"expected a 2-D image or (H, W, 3) focal planes, got shape {shape}"
+            )
         self.h, self.w = int(shape[0]), int(shape[1])
         if self.h < 1 or self.w < 1:
             raise InputError(str(key), f"image has no pixels (shape {shape})")
@@ -303,7 +313,7 @@ class _Job:
                 )
             pad = ((0, max(0, tile - self.h)), (0, max(0, tile - self.w)))
             if pad[0][1] or pad[1][1]:
-                arr = np.pad(arr, pad, mode="reflect")
+                arr = np.pad(arr, pad + ((0, 0),) * (arr.ndim - 2), mode="reflect")
             source = arr
         self.source = source
         self.hp, self.wp = int(source.shape[0]), int(source.shape[1])
@@ -474,10 +484,12 @@ def _run(
                 band = job.band(y, tile)
                 for x in job.xs:
                     patch = band[:, x : x + tile]
+                    if patch.ndim == 2:  # grey: replicated into the 3 input channels
+                        patch = patch[..., None]
                     last = y == last_y and x == last_x
                     for k, tr in enumerate(transforms):
                         g = stream_of[k]
-                        batches[g][len(metas[g])] = tr.forward(patch)[..., None]
+                        batches[g][len(metas[g])] = tr.forward(patch)
                         metas[g].append((seq, job, y, x, k, last))
                         if len(metas[g]) == batch_size:
                             pipe.put(q_batches, (g, batches[g], metas[g]))
@@ -581,8 +593,10 @@ def predict_image(
 
     Parameters
     ----------
-    image : ndarray, shape (H, W)
-        Corrected image, float in [0, 1]; any size.
+    image : ndarray, shape (H, W) or (H, W, 3)
+        Corrected image, float in [0, 1]; any size.  ``(H, W, 3)``: three focal
+        planes (:mod:`brightseg.focus`), the models' three input channels; a grey
+        image is replicated into them.
     predictors : sequence of callables
         ``f(batch float32 (B, tile, tile, 3)) -> (B, tile, tile, 1)``, e.g. from
         :func:`make_predictor`.
@@ -685,8 +699,9 @@ def predict_plate(
     ----------
     store : PlateStore-like
         Needs ``images`` (DataFrame with ``image_id``), ``read(image_id)`` (float32
-        2-D), ``has_label``, ``create_label``, ``write_label``, ``read_label``; and
-        optionally ``image_array(image_id) -> (zarr (T, 1, H, W), t)`` for
+        2-D, or ``(H, W, 3)`` focal planes), ``has_label``, ``create_label``,
+        ``write_label``, ``read_label``; and
+        optionally ``image_array(image_id) -> (zarr (T, C, H, W), t)`` for
         band-wise reading of images above ``max_image_pixels``.
     predictors : sequence of callables
         One per ensemble model (see :func:`make_predictor`).

@@ -91,9 +91,12 @@ def _check_pair(
     """Validate an image/mask pair and return (float32 image, uint8 {0,1} mask)."""
     image = np.asarray(image)
     mask = np.asarray(mask)
-    if image.ndim != 2:
-        raise InputError(name, f"expected a 2-D greyscale image, got shape {image.shape}")
-    if mask.shape != image.shape:
+    if image.ndim != 2 and not (image.ndim == 3 and image.shape[2] == 3):
+        raise InputError(
+            name,
+            f"expected a 2-D greyscale image (or (H, W, 3) focal planes), got shape {image.shape}",
+        )
+    if mask.shape != image.shape[:2]:
         raise InputError(name, f"mask shape {mask.shape} differs from image shape {image.shape}")
     if image.size == 0:
         raise InputError(name, "image has no pixels")
@@ -130,8 +133,9 @@ def make_patches(
 
     Parameters
     ----------
-    image : ndarray of float, shape (H, W)
-        Illumination-corrected image in [0, 1].
+    image : ndarray of float, shape (H, W) or (H, W, 3)
+        Illumination-corrected image in [0, 1] (``(H, W, 3)``: three focal planes,
+        :mod:`brightseg.focus`).
     mask : ndarray of uint8 or bool, shape (H, W)
         Binary foreground mask (0/1; 0/255 is accepted and converted).
     size : int
@@ -146,7 +150,7 @@ def make_patches(
     Returns
     -------
     list of (row, col, img_patch, mask_patch)
-        ``img_patch`` is float32 ``(size, size)``, ``mask_patch`` uint8
+        ``img_patch`` is float32 ``(size, size[, 3])``, ``mask_patch`` uint8
         ``(size, size)`` in {0, 1}; ``row, col`` is the tile corner in the
         (unpadded) image.
 
@@ -158,12 +162,12 @@ def make_patches(
     image, mask = _check_pair(image, mask, name)
     if not 0.0 <= min_foreground <= 1.0:
         raise InputError(name, f"min_foreground must lie in [0, 1], got {min_foreground}")
-    h, w = image.shape
+    h, w = image.shape[:2]
     positions = tile_positions(h, w, size, stride)
     pad = ((0, max(0, size - h)), (0, max(0, size - w)))
     if pad[0][1] or pad[1][1]:
         log.debug("%s: padding %dx%d image by reflection to %d px", name, h, w, size)
-        image = np.pad(image, pad, mode="reflect")
+        image = np.pad(image, pad + ((0, 0),) * (image.ndim - 2), mode="reflect")
         mask = np.pad(mask, pad, mode="reflect")
     out: list[Patch] = []
     for r, c in positions:
@@ -223,18 +227,19 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
 
     Parameters
     ----------
-    image : ndarray of float, shape (H, W)
+    image : ndarray of float, shape (H, W) or (H, W, 3)
+        ``(H, W, 3)``: three focal planes (:mod:`brightseg.focus`), kept as the channels.
 
     Returns
     -------
     ndarray of uint8, shape (H, W, 3)
-        ``round(clip(x, 0, 1) * 255)`` replicated into three channels.
+        ``round(clip(x, 0, 1) * 255)``, a grey image replicated into three channels.
     """
     image = np.asarray(image)
-    if image.ndim != 2:
+    if image.ndim != 2 and not (image.ndim == 3 and image.shape[2] == 3):
         raise InputError(None, f"expected a 2-D greyscale image, got shape {image.shape}")
     grey = np.rint(np.clip(image.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
-    return np.repeat(grey[..., None], 3, axis=2)
+    return grey if grey.ndim == 3 else np.repeat(grey[..., None], 3, axis=2)
 
 
 def stack_patches(patches: Sequence[Patch]) -> tuple[np.ndarray, np.ndarray]:

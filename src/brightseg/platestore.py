@@ -91,6 +91,8 @@ def _jsonable(value: Any) -> Any:
         return None
     if value is None or isinstance(value, bool | int | float | str):
         return value
+    if isinstance(value, list | tuple):  # e.g. the plane files of a multi-focal image
+        return [_jsonable(v) for v in value]
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     try:
@@ -174,10 +176,14 @@ def _source_name(original: pd.Series) -> str:
     return str(original["image_id"])
 
 
-def _check_loaded(img: Any, src: str) -> np.ndarray:
+def _check_loaded(img: Any, src: str, channels: int = 1) -> np.ndarray:
     arr = np.asarray(img)
-    if arr.ndim != 2:
+    if channels == 1 and arr.ndim != 2:
         raise InputError(src, f"corrected image must be 2-D, got shape {arr.shape}")
+    if channels > 1 and (arr.ndim != 3 or arr.shape[0] != channels):
+        raise InputError(
+            src, f"corrected image must be ({channels}, H, W) (channels), got shape {arr.shape}"
+        )
     if arr.size == 0:
         raise InputError(src, "corrected image has no pixels")
     if arr.dtype.kind != "f":
@@ -213,6 +219,7 @@ def write_plate(
     modality: str,
     chunk: int = 256,
     metadata: dict | None = None,
+    channels: int = 1,
 ) -> None:
     """Write one plate's corrected images as an OME-NGFF HCS plate, atomically.
 
@@ -232,7 +239,8 @@ def write_plate(
     load : callable
         ``load(row)`` returns the corrected float image (2-D, [0, 1]) for one
         row of ``images`` (a Series, as given by the caller); called once per
-        image, in store order, so only one image is in memory at a time.
+        image, in store order, so only one image is in memory at a time; with
+        ``channels`` > 1, ``(channels, H, W)``.
     pixel_size_um : float
         Pixel size in micrometer (multiscales scale of y and x).
     modality : str
@@ -242,6 +250,11 @@ def write_plate(
     metadata : dict, optional
         Further JSON-serialisable acquisition metadata kept under
         ``attrs["brightseg"]["metadata"]``.
+    channels : int
+        Channels per image: the kept focal planes of a multi-focal plate
+        (:mod:`brightseg.focus`).  The arrays are then ``(T, C, H, W)`` and
+        the store records ``channels`` (a single-channel store is written as
+        without it).
 
     Raises
     ------
@@ -270,6 +283,9 @@ def write_plate(
     if int(chunk) < 1:
         raise InputError(store, f"chunk must be positive, got {chunk!r}")
     chunk = int(chunk)
+    n_c = int(channels)
+    if n_c < 1:
+        raise InputError(store, f"channels must be positive, got {channels!r}")
     meta = dict(metadata or {})
     try:
         json.dumps(meta, allow_nan=False)
@@ -335,13 +351,13 @@ def write_plate(
         arrays: dict[str, Any] = {}
         for _, rec in progress(df.iterrows(), total=len(df), desc=f"write plate {plate}"):
             original = images.iloc[int(rec["_pos"])]
-            img = _check_loaded(load(original), _source_name(original))
+            img = _check_loaded(load(original), _source_name(original), n_c)
             if shape is None:
-                shape, first_id = img.shape, rec["image_id"]
-            elif img.shape != shape:
+                shape, first_id = img.shape[-2:], rec["image_id"]
+            elif img.shape[-2:] != shape:
                 raise InputError(
                     _source_name(original),
-                    f"image {rec['image_id']!r} has shape {img.shape}, but the plate's "
+                    f"image {rec['image_id']!r} has shape {img.shape[-2:]}, but the plate's "
                     f"images are {shape} (first image {first_id!r})",
                 )
             arr = arrays.get(rec["path"])
@@ -349,7 +365,7 @@ def write_plate(
                 group = root.require_group(rec["path"])
                 arr = group.create_array(
                     IMAGE_DATASET,
-                    shape=(n_t, 1, *shape),
+                    shape=(n_t, n_c, *shape),
                     chunks=(1, 1, min(chunk, shape[0]), min(chunk, shape[1])),
                     dtype="uint16",
                     compressors=_compressor(),
@@ -363,8 +379,9 @@ def write_plate(
                     name=f"{plate}/{rec['path']}",
                 )
                 arrays[rec["path"]] = arr
-            arr[int(rec["t"]), 0] = _to_uint16(img)
+            arr[int(rec["t"])] = _to_uint16(img.reshape(n_c, *shape))
 
+        channels = {"channels": int(n_c)} if n_c > 1 else {}  # single-plane: as before
         root.attrs["brightseg"] = {
             "schema": SCHEMA,
             "plate": str(plate),
@@ -372,6 +389,7 @@ def write_plate(
             "modality": str(modality),
             "chunk": chunk,
             "shape": list(shape) if shape else None,
+            **channels,
             "timepoints": [int(t) for t in timepoints],
             "images": index,
             "metadata": meta,
@@ -396,6 +414,8 @@ class PlateStore:
     modality : str
     metadata : dict
         The acquisition metadata given to :func:`write_plate`.
+    channels : int
+        Channels of every image: 1, or the kept focal planes of a multi-focal plate.
     images : DataFrame
         ``image_id, row, column, field, timepoint, t, path`` (``path``: the field
         group inside the store, e.g. ``"B/3/0"``; ``t``: index on the time
@@ -426,6 +446,7 @@ class PlateStore:
         self.modality: str = info["modality"]
         self.metadata: dict = info.get("metadata", {})
         self.chunk: int = int(info.get("chunk", 256))
+        self.channels: int = int(info.get("channels", 1))
         records = [{"image_id": k, **v} for k, v in info["images"].items()]
         cols = ["image_id", "row", "column", "field", "timepoint", "t", "path"]
         df = pd.DataFrame.from_records(records)
@@ -449,7 +470,7 @@ class PlateStore:
         return self._entry(image_id)["path"]
 
     def image_array(self, image_id: str) -> tuple[Any, int]:
-        """The field's zarr array ``(T, 1, H, W)`` and this image's ``t`` index."""
+        """The field's zarr array ``(T, C, H, W)`` and this image's ``t`` index."""
         e = self._entry(image_id)
         return self._root[f"{e['path']}/{IMAGE_DATASET}"], int(e["t"])
 
@@ -459,9 +480,17 @@ class PlateStore:
         return tuple(int(s) for s in arr.shape[-2:])
 
     def read(self, image_id: str) -> np.ndarray:
-        """The corrected image as float32 in [0, 1] (``uint16 / 65535``)."""
+        """The corrected image as float32 in [0, 1] (``uint16 / 65535``).
+
+        ``(H, W)``; of a multi-focal plate (``channels`` > 1) ``(H, W, C)``, channels
+        last as the models take them.
+        """
         arr, t = self.image_array(image_id)
-        return (np.asarray(arr[t, 0]).astype(np.float32) / np.float32(65535.0)).astype(np.float32)
+        if self.channels > 1:
+            raw = np.moveaxis(np.asarray(arr[t]), 0, -1)
+        else:
+            raw = np.asarray(arr[t, 0])
+        return (raw.astype(np.float32) / np.float32(65535.0)).astype(np.float32)
 
     # ------------------------------------------------------------- labels
 
@@ -528,7 +557,8 @@ class PlateStore:
         if dtype.kind not in "uif":
             raise InputError(self.path, f"label {name!r}: unsupported dtype {dtype}")
         image = self._root[f"{field}/{IMAGE_DATASET}"]
-        shape = tuple(image.shape)
+        shape = (image.shape[0], 1, *image.shape[2:])  # one label plane whatever the channels
+        chunks = (1, 1, *tuple(image.chunks)[2:])
         group = self._label_group(field, name)
         if group is not None:
             if not overwrite:
@@ -547,7 +577,7 @@ class PlateStore:
         arr = group.create_array(
             IMAGE_DATASET,
             shape=shape,
-            chunks=tuple(image.chunks),
+            chunks=chunks,
             dtype=dtype,
             compressors=_compressor(),
             fill_value=0,

@@ -99,6 +99,13 @@ def segment_images(
     files = expand_images(images)
     manifest = read_manifest(model)
     pre = manifest["preprocessing"]
+    if int(pre.get("input_planes", 1)) > 1:
+        raise InputError(
+            model,
+            f"the bundle's models take {pre['input_planes']} focal planes per image: segment "
+            "multi-focal images through the workflow, with a plate sheet that declares their "
+            "planes (columns z_planes, z_select)",
+        )
     px = pixel_size_um if pixel_size_um is not None else pre.get("pixel_size_um")
     if px is None:
         raise InputError(model, "the bundle records no pixel size: give --pixel-size-um")

@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import InputError
+from .focus import Focus, group_planes, plate_focus
 from .io import IMAGE_SUFFIXES, cached_image_header
 from .limits import Limits, get_limits
 
@@ -163,6 +164,8 @@ def read_sheet(path: str | os.PathLike, limits: Limits | None = None) -> pd.Data
     trainers = df.loc[df["use_for_training"] & (df["annotations"] == ""), "plate"].tolist()
     if trainers:
         raise InputError(path, f"plate(s) {trainers} have use_for_training but no annotations")
+    for _, row in df.iterrows():  # optional z_planes / z_select (multi-focal plates)
+        plate_focus(row, sheet=path)
     return df.set_index("plate", drop=False)
 
 
@@ -273,8 +276,15 @@ def plate_images(
     sheet_path: str = "config/plates.tsv",
     on_bad_input: str = "error",
     limits: Limits | None = None,
+    focus: Focus | None = None,
 ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """Build the image table of one plate from its directory or glob.
+
+    With ``focus`` (a multi-focal plate, :func:`brightseg.focus.plate_focus`) the files
+    are first grouped into images of ``focus.planes`` planes
+    (:func:`brightseg.focus.group_planes`: ``<stem>_z<k>`` files, or multi-page TIFFs) and
+    the regex is applied to ``<stem>``; the table's ``path`` is the image's first file and
+    its ``planes`` column lists all of them in plane order.
 
     Every image's header is read (not its pixels; cached per file): images whose size
     differs from the plate's most common size are an error, or under ``skip`` are
@@ -302,9 +312,18 @@ def plate_images(
     if not files:
         raise InputError(spec, f"plate {plate!r}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     rows, skipped = [], []
-    for f in files:
+    if focus is None:
+        images = [(f.stem, [f]) for f in files]
+    else:
         try:
-            meta = parse_name(f.stem, rx)
+            images = group_planes(files, focus.planes, skipped if on_bad_input == "skip" else None)
+            images = _check_stack_pages(plate, images, focus, limits, skipped, on_bad_input)
+        except InputError as exc:
+            raise InputError(exc.path, f"plate {plate!r}: {exc.message}") from None
+    for stem, paths in images:
+        f = paths[0]
+        try:
+            meta = parse_name(stem, rx)
         except InputError as exc:
             if on_bad_input != "skip":
                 raise InputError(f, f"plate {plate!r}: {exc.message}") from None
@@ -313,7 +332,8 @@ def plate_images(
         if meta is None:
             skipped.append((str(f), "file name does not match filename_regex"))
             continue
-        rows.append({"image_id": f.stem, "path": str(f), **meta})
+        extra = {} if focus is None else {"planes": [str(p) for p in paths]}
+        rows.append({"image_id": stem, "path": str(f), **meta, **extra})
     if not rows:
         raise InputError(
             spec,
@@ -341,6 +361,37 @@ def plate_images(
     df, odd = _drop_odd_sizes(plate, spec, df, on_bad_input, limits)
     skipped.extend(odd)
     return df.reset_index(drop=True), skipped
+
+
+def _check_stack_pages(
+    plate: str,
+    images: list[tuple[str, list[Path]]],
+    focus: Focus,
+    limits: Limits | None,
+    skipped: list[tuple[str, str]],
+    on_bad_input: str,
+) -> list[tuple[str, list[Path]]]:
+    """Multi-page TIFFs of a multi-focal plate must have ``focus.planes`` pages (header)."""
+    kept = []
+    for stem, paths in images:
+        pages = focus.planes
+        if len(paths) == 1:
+            try:
+                pages = cached_image_header(paths[0], limits).pages
+            except (InputError, OSError):
+                pass  # unreadable: the job reading it reports it
+        if pages == focus.planes:
+            kept.append((stem, paths))
+            continue
+        exc = InputError(
+            paths[0],
+            f"{pages} page(s) but z_planes is {focus.planes}: a multi-focal image is one "
+            f"TIFF of {focus.planes} pages or {focus.planes} files <stem>_z<k>",
+        )
+        if on_bad_input != "skip":
+            raise exc
+        skipped.append((exc.path, exc.message))
+    return kept
 
 
 def _fmt_size(size: tuple[int, int]) -> str:

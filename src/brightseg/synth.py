@@ -801,6 +801,57 @@ def derive_seed(seed: int, *keys: object) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
 
 
+def focal_stack(
+    image: np.ndarray,
+    planes: int,
+    rng: np.random.Generator,
+    *,
+    sigma_per_plane: float = 1.5,
+    fade: float = 0.75,
+    read_noise: float = 4.0,
+) -> np.ndarray:
+    """A synthetic focal series around an in-focus brightfield image.
+
+    The middle plane (``planes // 2``) is ``image`` itself; plane ``k`` at ``d = k - mid``
+    planes from focus keeps the image's background (a wide Gaussian of it) and blurs its
+    detail by a Gaussian of ``sigma_per_plane * |d|`` px, scaled by ``fade ** |d|`` and
+    with its sign inverted below focus (``d < 0``): brightfield contrast reverses through
+    focus (dark cells with bright halos on one side, bright cells on the other).
+
+    Parameters
+    ----------
+    image : ndarray of uint16, shape (H, W)
+        The in-focus raw image.
+    planes : int
+        Planes of the series (>= 2).
+    rng : numpy.random.Generator
+        Read noise of the defocused planes.
+    sigma_per_plane, fade, read_noise : float
+        Blur per plane of defocus (px), contrast kept per plane, Gaussian noise (counts).
+
+    Returns
+    -------
+    ndarray of uint16, shape (planes, H, W)
+    """
+    if int(planes) < 2:
+        raise InputError(None, f"a focal series needs >= 2 planes, got {planes}")
+    img = np.asarray(image, dtype=np.float64)
+    background = ndi.gaussian_filter(img, 16.0, mode="reflect")
+    detail = img - background
+    mid = int(planes) // 2
+    out = np.empty((int(planes), *img.shape), dtype=np.uint16)
+    for k in range(int(planes)):
+        d = k - mid
+        if d == 0:
+            out[k] = image
+            continue
+        blurred = ndi.gaussian_filter(detail, sigma_per_plane * abs(d), mode="reflect")
+        plane = background + np.sign(d) * fade ** abs(d) * blurred
+        plane += rng.normal(0.0, read_noise, img.shape)
+        out[k] = np.clip(np.rint(plane), 0, 65535).astype(np.uint16)
+    return out
+
+
 def synth_plate(
     out_dir: str | os.PathLike,
     plate: str,
@@ -817,6 +868,8 @@ def synth_plate(
     mean_radius_px: float = 18.0,
     debris: tuple[int, int] = (3, 8),
     blur_prob: float = 0.3,
+    planes: int = 1,
+    plane_files: bool = False,
 ) -> pd.DataFrame:
     """Write a synthetic plate: raw images, ground-truth labels and annotation exports.
 
@@ -852,6 +905,12 @@ def synth_plate(
         plate has none when there are two or more images).
     blur_prob : float
         Probability of slight motion blur per image.
+    planes : int
+        Focal planes per image (:func:`focal_stack`; the ground truth is that of the
+        in-focus middle plane).  1: one plane, as before (the same bytes).
+    plane_files : bool
+        With ``planes > 1``: one file per plane, ``{stem}_z{k}.tif``, annotated on the
+        in-focus plane's file; otherwise one multi-page TIFF ``{stem}.tif``.
 
     Returns
     -------
@@ -915,7 +974,22 @@ def synth_plate(
             blur_prob=blur_prob,
         )
         name = f"{stem}.tif"
-        write_tiff(scene.image, out_dir / "images" / name, **_tiff_resolution(pixel_size_um))
+        if int(planes) > 1:
+            stack = focal_stack(scene.image, int(planes), _image_rng(seed, plate, i, "planes"))
+            if plane_files:
+                for k, plane in enumerate(stack):
+                    path = out_dir / "images" / f"{stem}_z{k}.tif"
+                    write_tiff(plane, path, **_tiff_resolution(pixel_size_um))
+                name = f"{stem}_z{int(planes) // 2}.tif"  # annotated on the in-focus plane
+            else:
+                write_tiff(
+                    stack,
+                    out_dir / "images" / name,
+                    photometric="minisblack",
+                    **_tiff_resolution(pixel_size_um),
+                )
+        else:
+            write_tiff(scene.image, out_dir / "images" / name, **_tiff_resolution(pixel_size_um))
         write_tiff(scene.labels, out_dir / "labels" / f"{stem}_labels.tif")
         if annotate:
             cvat_images.append(

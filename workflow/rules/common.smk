@@ -9,6 +9,7 @@ from brightseg import bundle as bs_bundle
 from brightseg import config as bs_config
 from brightseg.annotations import cvat as bs_cvat
 from brightseg import evalsets as bs_evalsets
+from brightseg import focus as bs_focus
 from brightseg.annotations import maskfolder as bs_maskfolder
 from brightseg import sheet as bs_sheet
 from brightseg.errors import InputError
@@ -57,6 +58,11 @@ try:
             ]
         )
     REGEX = bs_sheet.compile_regex(CFG["filename_regex"])
+    # Multi-focal plates (sheet columns z_planes, z_select): None for single-plane ones.
+    PLATE_FOCUS = {
+        _plate: bs_focus.plate_focus(_row, sheet=SHEET)
+        for _plate, _row in PLATES.iterrows()
+    }
     # Plates on disk are checked now, before any job runs: a missing directory, a regex
     # that matches nothing, or two images on one well/field/timepoint stop the run here.
     for _plate, _row in PLATES.iterrows():
@@ -68,6 +74,7 @@ try:
                 sheet_path=SHEET,
                 on_bad_input=ON_BAD_INPUT,
                 limits=LIMITS,
+                focus=PLATE_FOCUS[_plate],
             )
     # Annotation exports on disk are parsed now too: a malformed XML (or, under
     # on_bad_input: error, a COCO annotation naming a missing image) stops the run here.
@@ -134,6 +141,11 @@ def plate_param(name):
 
 def plate_illumination(wildcards):
     return PLATE_ILLUMINATION[wildcards.plate].as_dict()
+
+
+def plate_focus(wildcards):
+    focus = PLATE_FOCUS[wildcards.plate]
+    return None if focus is None else focus.as_dict()
 
 
 if BUNDLE and CFG.models:
@@ -320,6 +332,39 @@ if BUNDLE and TRAINING:
         "model: %s is given: plates with use_for_training (%s) are predicted, not trained on",
         BUNDLE,
         ", ".join(TRAINING),
+    )
+# Focal planes (sheet z_planes/z_select): one model takes one kind of input, so the
+# training plates share their plane count and every predicted plate has the models' count.
+PLATE_CHANNELS = {
+    p: 1 if PLATE_FOCUS[p] is None else PLATE_FOCUS[p].channels for p in PLATE_IDS
+}
+try:
+    MODEL_PLANES = (
+        int(_manifest["preprocessing"].get("input_planes", 1))
+        if BUNDLE
+        else bs_focus.check_training_channels(
+            {p: PLATE_CHANNELS[p] for p in TRAINING},
+            patch_sets=len(PATCH_SETS),
+            where=SHEET,
+        )
+    )
+except InputError as exc:
+    raise WorkflowError(f"brightseg: bad input: {exc}")
+_odd_planes = [p for p in PLATE_IDS if PLATE_CHANNELS[p] != MODEL_PLANES]
+_models = f"of {BUNDLE}" if BUNDLE else "trained here"
+if _odd_planes and (BUNDLE or TRAINING or PATCH_SETS):
+    raise WorkflowError(
+        f"brightseg: bad input: {SHEET}: plate(s) {_odd_planes} have "
+        f"{[PLATE_CHANNELS[p] for p in _odd_planes]} focal plane(s) but the models "
+        f"{_models} take {MODEL_PLANES}: "
+        "a plate is predicted by models trained on images with its planes (z_planes/z_select)"
+    )
+if MODEL_PLANES > 1 and (EVALSETS or LIVECELL_ON):
+    raise WorkflowError(
+        f"brightseg: bad config: the models take {MODEL_PLANES} focal planes per image, "
+        "but evaluation_sets and LIVECell hold single-plane images: leave evaluation_sets "
+        "empty and livecell.enabled false (annotated plates with use_for_training false "
+        "are the held-out evaluation of multi-focal models)"
     )
 if not TRAINING and not PATCH_SETS and len(MODEL_RUNS):
     raise WorkflowError(

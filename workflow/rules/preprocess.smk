@@ -17,6 +17,7 @@ rule import_annotations:
     params:
         images=plate_param("images"),
         annotations=CFG.annotations.as_dict(),
+        focus=plate_focus,
         on_bad_input=ON_BAD_INPUT,
         limits=CFG["limits"],
     script:
@@ -42,6 +43,7 @@ rule correct_illumination:
         modality=plate_param("modality"),
         pixel_size_um=plate_param("pixel_size_um"),
         illumination=plate_illumination,
+        focus=plate_focus,
         chunk=CFG["plate_store"]["chunk"],
         on_bad_input=ON_BAD_INPUT,
         limits=CFG["limits"],

@@ -161,6 +161,7 @@ rule bundle:
         tile=CFG.inference.tile,
         pixel_size_um=TRAINING_PIXEL_SIZE,
         instances=CFG.instances.as_dict(),
+        input_planes=MODEL_PLANES,
         training={
             "plates": TRAINING,
             "patch_sets": [s["name"] for s in PATCH_SETS],

@@ -27,6 +27,9 @@ def synth_plate(
     optional = (
         {"mean_radius_px": float(spec["mean_radius_px"])} if spec.get("mean_radius_px") else {}
     )
+    if spec.get("planes"):  # a multi-focal plate (brightseg.focus)
+        optional["planes"] = int(spec["planes"])
+        optional["plane_files"] = bool(spec.get("plane_files", False))
     _synth_plate(
         out_dir,
         plate,

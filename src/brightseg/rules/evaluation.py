@@ -27,6 +27,7 @@ from ..config import IlluminationConfig, StatsConfig
 from ..ensemble import Ensemble
 from ..errors import InputError
 from ..figures import overlay_counts, overlay_panel, save_figure, table_to_latex, table_to_markdown
+from ..focus import display_plane
 from ..illumination import correct_illumination, radius_to_px
 from ..instances import split_with_config
 from ..io import read_image, write_parquet, write_text
@@ -157,7 +158,7 @@ def evaluate(
     log.info("ablation:\n%s", abl.to_string(index=False))
     if overlay_stem:
         fig = overlay_panel(
-            first["image"],
+            display_plane(first["image"]),  # focal planes: the middle one
             first["pred"],
             first["truth"],
             title=f"ensemble: {first['name']}",

@@ -19,6 +19,7 @@ import pandas as pd
 from ..bundle import load_ensemble
 from ..config import InferenceConfig, InstancesConfig, MorphometryConfig, QcConfig
 from ..errors import InputError
+from ..focus import display_plane
 from ..instances import split_with_config, write_cellpose_masks, write_imagej_rois
 from ..io import atomic_path, write_png, write_text
 from ..morphometry import (
@@ -176,7 +177,7 @@ def measure_cells(
         ids = list(ps.images["image_id"])
         for i, image_id in enumerate(progress(ids, desc=f"measure_cells {ps.plate}")):
             labels = ps.read_label(image_id, "cells")
-            image = ps.read(image_id)
+            image = display_plane(ps.read(image_id))  # focal planes: the middle one
             m = meta_by_id.loc[image_id]
             meta = {
                 "plate": ps.plate,

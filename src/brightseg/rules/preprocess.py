@@ -12,6 +12,7 @@ from ..annotations.cvat import import_cvat
 from ..annotations.maskfolder import import_mask_annotations
 from ..config import AnnotationsConfig, IlluminationConfig
 from ..errors import InputError
+from ..focus import Focus, annotations_to_images, read_planes
 from ..illumination import POLARITY_MARGIN, choose_polarity, decide_polarity, radius_to_px
 from ..illumination import correct_illumination as _correct
 from ..io import read_image, warn_low_bit_depth, write_text
@@ -33,8 +34,13 @@ def import_annotations(
     annotations: AnnotationsConfig | dict,
     on_bad_input: str,
     limits: Limits | dict | None = None,
+    focus: Focus | dict | None = None,
 ) -> None:
     """Rule ``import_annotations``: annotations -> label TIFFs, mask PNGs, manifest.
+
+    Of a multi-focal plate (``focus``, :func:`brightseg.focus.plate_focus`) an annotation
+    drawn on a plane file ``<stem>_z<k>`` becomes the mask of image ``<stem>``
+    (:func:`brightseg.focus.annotations_to_images`).
 
     ``export`` is a CVAT export (XML, or CVAT's zip), a COCO JSON, or a folder of mask
     images matched to the plate's images by file stem (``<stem><mask_suffix>.<ext>``;
@@ -69,6 +75,8 @@ def import_annotations(
             on_bad_input=on_bad_input,
             limits=limits,
         )
+    if Focus.coerce(focus) is not None:
+        annotations_to_images(manifest)
     rows = (
         list(skip_df[["file", "reason"]].itertuples(index=False, name=None)) if len(skip_df) else []
     )
@@ -88,18 +96,35 @@ def correct_illumination(
     chunk: int,
     on_bad_input: str = "error",
     limits: Limits | dict | None = None,
+    focus: Focus | dict | None = None,
 ) -> None:
     """Rule ``correct_illumination``: top-hat correct every image of a plate into OME-Zarr.
 
     One job per plate: images are read, corrected and written one at a time, so memory
     stays bounded by one image whatever the plate size.  ``illumination`` is the plate's
-    own (the config block with the sheet's per-plate overrides).
+    own (the config block with the sheet's per-plate overrides).  ``focus`` (a
+    multi-focal plate, :func:`brightseg.focus.plate_focus`; None: one plane per image)
+    keeps the selected planes of every image, each corrected like a single image, as the
+    store's channels; ``illumination: auto`` decides the polarity on the first kept plane.
     """
     cfg = IlluminationConfig.coerce(illumination)
+    focus = Focus.coerce(focus)
     limits = limits if isinstance(limits, Limits) else Limits.from_config(limits)
     table, skip_rows = plate_images(
-        plate, images_spec, compile_regex(regex), on_bad_input=on_bad_input, limits=limits
+        plate,
+        images_spec,
+        compile_regex(regex),
+        on_bad_input=on_bad_input,
+        limits=limits,
+        focus=focus,
     )
+
+    def read(row) -> np.ndarray:
+        """The raw image ``(H, W)``, or the kept planes ``(C, H, W)`` of a multi-focal one."""
+        if focus is None:
+            return read_image(row.path, limits=limits)
+        return read_planes(row.planes, focus, limits=limits)
+
     radius_px = radius_to_px(cfg.radius, cfg.unit, pixel_size_um, limits)
 
     # Unreadable images: error, or skip and list them (checked up front, so the store
@@ -108,11 +133,13 @@ def correct_illumination(
     shapes: dict[tuple, str] = {}
     for row in table.itertuples(index=False):
         try:
-            img = read_image(row.path, limits=limits)
+            img = read(row)
         except InputError as exc:
             if on_bad_input != "skip":
                 raise
-            skip_rows.append((row.path, exc.message))
+            skip_rows.append(
+                (exc.path if focus is not None and exc.path else row.path, exc.message)
+            )
             continue
         warn_low_bit_depth(img, row.path)
         shapes.setdefault(img.shape, row.path)
@@ -130,7 +157,8 @@ def correct_illumination(
     # The polarity statistic of every plate (up to 8 of its images): it decides `auto`
     # and catches a fixed mode that contradicts the images (cells would come out inverted).
     idx = np.unique(np.linspace(0, len(table) - 1, min(8, len(table))).round().astype(int))
-    sample = [read_image(table.iloc[i].path, limits=limits) for i in idx]
+    sample = [read(table.iloc[i]) for i in idx]
+    sample = [img if img.ndim == 2 else img[0] for img in sample]  # z-stacks: first plane
     _, stat, _ = decide_polarity(sample, radius_px, method=cfg.method)
     mode, flag = choose_polarity(cfg.mode, stat, uncertain_mode=cfg.uncertain_mode)
     del sample
@@ -172,11 +200,22 @@ def correct_illumination(
         "polarity_flag": flag,
     }
 
-    def load(row) -> np.ndarray:
-        img = read_image(row.path, limits=limits).astype("float32")
+    def correct(img: np.ndarray) -> np.ndarray:
         return _correct(
-            img, radius_px, mode=mode, method=cfg.method, percentiles=tuple(cfg.percentiles)
+            img.astype("float32"),
+            radius_px,
+            mode=mode,
+            method=cfg.method,
+            percentiles=tuple(cfg.percentiles),
         )
+
+    def load(row) -> np.ndarray:
+        img = read(row)
+        if img.ndim == 2:
+            return correct(img)
+        if len(img) == 1:  # one plane kept of a z-stack: a single-plane image
+            return correct(img[0])
+        return np.stack([correct(plane) for plane in img])  # planes: each like an image
 
     log.info("plate %s: %d images, top-hat radius %d px (%s)", plate, len(table), radius_px, mode)
     write_plate(
@@ -187,7 +226,11 @@ def correct_illumination(
         pixel_size_um=pixel_size_um,
         modality=modality,
         chunk=chunk,
-        metadata={"illumination": dict(cfg.as_dict(), radius_px=radius_px, **extra)},
+        metadata={
+            "illumination": dict(cfg.as_dict(), radius_px=radius_px, **extra),
+            **({"focus": focus.as_dict()} if focus is not None else {}),
+        },
+        channels=1 if focus is None else focus.channels,
     )
     write_skipped(skip_rows, skipped, stage="correct_illumination", plate=plate)
 

@@ -11,7 +11,12 @@ from pathlib import Path
 import pandas as pd
 
 from ..annotations.maskfolder import group_by_source, patch_set_training_pairs, resolve_patch_sets
-from ..augment import build_training_store, make_gallery, open_training_store
+from ..augment import (
+    build_training_store,
+    make_gallery,
+    open_training_store,
+    training_store_planes,
+)
 from ..bundle import load_ensemble, training_summary, write_bundle
 from ..config import EnsembleConfig, InferenceConfig, ModelSpec, TrainingConfig
 from ..ensemble import resolve_threshold, validation_threshold
@@ -126,7 +131,10 @@ def gallery(store: str, manifest: str, out_png: str, *, seed: int) -> None:
     first = man[man["variant"] == 0].sort_values("patch_id").iloc[0]
     images, masks = open_training_store(store)
     idx = int(first["index"])
-    image = images[idx][..., 0].astype("float32") / 255.0
+    # a grey image's three channels are equal; of three focal planes the gallery shows
+    # the middle one
+    channel = 1 if training_store_planes(store) == 3 else 0
+    image = images[idx][..., channel].astype("float32") / 255.0
     make_gallery(image, (masks[idx] > 0).astype("uint8"), out_png, seed=seed, size=image.shape[0])
 
 
@@ -213,8 +221,11 @@ def choose_threshold(
         raise InputError(manifest, "no validation patches to choose the threshold on")
     images, masks = open_training_store(store)
     index = val["index"].sort_values().to_numpy()
-    # the store's three channels are the corrected grey image (equal for variant 0)
-    x = images.oindex[index][..., 0].astype("float32") / 255.0
+    # the store's three channels are the corrected grey image (equal for variant 0), or
+    # three focal planes (kept as the channels)
+    x = images.oindex[index].astype("float32") / 255.0
+    if training_store_planes(store) == 1:
+        x = x[..., 0]
     y = masks.oindex[index]
     ens = load_ensemble(ensemble_tsv, inf)
     fixed = None if configured.validation_threshold else float(configured.threshold)
@@ -248,12 +259,14 @@ def bundle(
     training: dict,
     seed: int,
     instances: dict | None = None,
+    input_planes: int = 1,
 ) -> None:
     """Rule ``bundle``: the voting checkpoints as a portable, verified model bundle.
 
     ``illumination`` is the block the training images were corrected with; ``tile`` the
     models' input size (the training patch size); ``pixel_size_um`` the training images'
-    pixel size where they share one (None otherwise).  See :mod:`brightseg.bundle`.
+    pixel size where they share one (None otherwise); ``input_planes`` the focal planes
+    of the training images (:mod:`brightseg.focus`).  See :mod:`brightseg.bundle`.
     """
     inf = resolve_threshold(InferenceConfig.coerce(inference), ensemble_tsv)
     summary = training_summary([manifest], split_summary, seed=seed, training=training)
@@ -267,4 +280,5 @@ def bundle(
         pixel_size_um=pixel_size_um,
         training=summary,
         instances=instances,
+        input_planes=int(input_planes),
     )
