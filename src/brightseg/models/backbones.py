@@ -37,6 +37,7 @@ import keras
 
 from ..errors import InputError, MissingDownload
 from . import resnet
+from .runtime import keras_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -150,20 +151,6 @@ BACKBONES: dict[str, BackboneSpec] = {
 
 #: Encoders built here rather than by ``keras.applications``.
 _CUSTOM_CONSTRUCTORS = {"ResNet18": resnet.resnet18}
-
-
-def keras_cache_dir() -> Path:
-    """Keras's download cache for application weights (``<KERAS_HOME>/models``).
-
-    ``$KERAS_HOME`` is read now (not at Keras import time), so
-    :func:`brightseg.models.set_keras_home` takes effect in a running process.
-    """
-    home = os.environ.get("KERAS_HOME")
-    if not home:
-        from keras.src.backend import config as _config
-
-        home = _config.keras_home()
-    return Path(os.path.expanduser(home)) / "models"
 
 
 def imagenet_weights_file(backbone: str, input_shape=(256, 256, 3)) -> tuple[str, str]:

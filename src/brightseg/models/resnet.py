@@ -148,7 +148,7 @@ def save_torchvision_weights(
     InputError
         A tensor is missing or has the wrong shape.
     """
-    from .backbones import keras_cache_dir
+    from .runtime import keras_cache_dir
 
     path = Path(path) if path is not None else keras_cache_dir() / IMAGENET_FILE
     if not path.name.endswith(".weights.h5"):

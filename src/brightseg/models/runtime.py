@@ -119,3 +119,17 @@ def load_checkpoint(path: str | os.PathLike) -> keras.Model:
         return keras.saving.load_model(path, compile=False)
     except Exception as exc:  # noqa: BLE001 - a corrupt file is bad input
         raise InputError(path, f"cannot load model ({type(exc).__name__}: {exc})") from None
+
+
+def keras_cache_dir() -> Path:
+    """Keras's download cache for application weights (``<KERAS_HOME>/models``).
+
+    ``$KERAS_HOME`` is read now (not at Keras import time), so
+    :func:`brightseg.models.set_keras_home` takes effect in a running process.
+    """
+    home = os.environ.get("KERAS_HOME")
+    if not home:
+        from keras.src.backend import config as _config
+
+        home = _config.keras_home()
+    return Path(os.path.expanduser(home)) / "models"
