@@ -17,4 +17,5 @@ with log_to(snakemake.log[0]):
         training=dict(snakemake.params.training),
         seed=snakemake.params.seed,
         instances=dict(snakemake.params.instances),
+        student=list(snakemake.input.student),
     )

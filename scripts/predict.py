@@ -10,4 +10,6 @@ with log_to(snakemake.log[0]):
         snakemake.output.labels,
         snakemake.output.summary,
         inference=dict(snakemake.params.inference),
+        student=snakemake.input.get("student") or None,
+        qc_images=snakemake.params.qc_images,
     )

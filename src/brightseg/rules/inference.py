@@ -50,7 +50,14 @@ def _store_identity(store: str | os.PathLike) -> str:
 
 
 def predict(
-    store: str, ensemble_tsv: str, labels_out: str, summary_out: str, *, inference
+    store: str,
+    ensemble_tsv: str,
+    labels_out: str,
+    summary_out: str,
+    *,
+    inference,
+    student: str | None = None,
+    qc_images: int = 2,
 ) -> pd.DataFrame:
     """Rule ``predict``: every selected checkpoint predicts every image of a plate; votes combined.
 
@@ -60,12 +67,24 @@ def predict(
     plate store's identity): a killed job resumes there, image by image, while a job with
     a changed threshold, retrained models or a re-corrected plate starts afresh (stale
     partial stores of this output are removed).  The finished store is renamed into place.
+
+    With ``student`` (``ensemble.distill: true``: the distilled ``student.keras``, or a
+    bundle holding one) the student alone predicts every image, thresholded at the
+    ensemble's threshold; the ensemble also predicts the first ``qc_images`` images, and
+    the summary gains ``predictor`` and, for those images, ``qc_ensemble_dice`` (Dice of
+    the student's mask against the ensemble's) and ``qc_ensemble_prob_mae`` (mean absolute
+    difference of the probabilities).
     """
     cfg = InferenceConfig.coerce(inference)
     ens = load_ensemble(ensemble_tsv, cfg)
+    predictor = ens
+    if student:
+        from ..distill import load_student
+
+        predictor = load_student(student, ens.inference, threshold=ens.inference.threshold)
     plate = open_plate(store, mode="r")
     dest = Path(labels_out)
-    key = hashlib.sha256((ens.key + _store_identity(store)).encode()).hexdigest()[:20]
+    key = hashlib.sha256((predictor.key + _store_identity(store)).encode()).hexdigest()[:20]
     prefix = PARTIAL.format(name=dest.name)
     partial = dest.with_name(prefix + key)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -78,10 +97,35 @@ def predict(
         labels = open_labels(partial, store, mode="r+")
     else:
         labels = create_label_store(partial, plate)
-    df = ens.predict_plate(labels, desc=f"predict {plate.plate}")
+    df = predictor.predict_plate(labels, desc=f"predict {plate.plate}")
+    if student:
+        df = _ensemble_qc(df, ens, plate, labels, qc_images)
     write_text(df.to_csv(sep="\t", index=False, lineterminator="\n"), summary_out)
     with atomic_path(dest, is_dir=True) as tmp:
         os.replace(partial, tmp)
+    return df
+
+
+def _ensemble_qc(df: pd.DataFrame, ens, plate, labels, n_images: int) -> pd.DataFrame:
+    """The student's masks against the ensemble's on the first ``n_images`` of a plate."""
+    import numpy as np
+
+    from ..distill import pooled_dice
+
+    df = df.assign(predictor="student", qc_ensemble_dice=np.nan, qc_ensemble_prob_mae=np.nan)
+    for i, image_id in enumerate(df["image_id"].iloc[:n_images]):
+        _, prob, mask = ens.predict(plate.read(image_id))
+        student_mask = np.asarray(labels.read_label(image_id, "mask"))
+        student_prob = np.asarray(labels.read_label(image_id, "prob"), np.float32) / 255
+        df.loc[df.index[i], "qc_ensemble_dice"] = pooled_dice([student_mask], [mask])
+        df.loc[df.index[i], "qc_ensemble_prob_mae"] = float(np.abs(student_prob - prob).mean())
+    if n_images and len(df):
+        log.info(
+            "QC: student vs ensemble on %d images: Dice %.4f (lowest %.4f)",
+            int(df["qc_ensemble_dice"].notna().sum()),
+            df["qc_ensemble_dice"].mean(),
+            df["qc_ensemble_dice"].min(),
+        )
     return df
 
 
