@@ -388,6 +388,8 @@ def test_student_config_defaults_and_validation():
     # the selection rule's params do not change with the distillation keys
     cfg = EnsembleConfig.from_dict({"top_k": 3, "distill": True})
     assert cfg.subset(cfg.SELECT_KEYS) == {"top_k": 3, "stability_window": 1}
+    # nor do the distill rule's with the predict rule's qc_images
+    assert set(student.as_dict()) - set(student.DISTILL_KEYS) == {"qc_images"}
 
 
 def test_demo_config_keeps_distill_off():

@@ -384,6 +384,23 @@ class StudentConfig(Block):
     on_miss: str
     qc_images: int
 
+    #: The keys that change the student (the ``distill`` rule's params; ``qc_images``
+    #: is the ``predict`` rule's).
+    DISTILL_KEYS: ClassVar[tuple[str, ...]] = (
+        "architecture",
+        "model_kwargs",
+        "epochs",
+        "steps_per_epoch",
+        "batch_size",
+        "learning_rate",
+        "dice_weight",
+        "unlabelled_plates",
+        "unlabelled_tiles",
+        "min_dice_ratio",
+        "max_flops_ratio",
+        "on_miss",
+    )
+
 
 @dataclass(frozen=True)
 class InferenceConfig(Block):

@@ -233,7 +233,7 @@ def sample_tiles(
 # --------------------------------------------------------------------------- training
 
 
-def soft_loss(dice_weight: float = 1.0, eps: float = 1e-6):
+def soft_loss(dice_weight: float = 0.0, eps: float = 1e-6):
     """Distillation loss against soft targets: per-sample BCE + ``dice_weight`` x soft Dice.
 
     ``bce = -mean(t log p + (1 - t) log(1 - p))`` over the pixels of a sample and
@@ -676,7 +676,7 @@ def distill_ensemble(
             "on_miss": cfg.on_miss,
         },
         "training": {
-            **{k: v for k, v in cfg.as_dict().items() if k not in ("architecture", "model_kwargs")},
+            **{k: v for k, v in cfg.subset(cfg.DISTILL_KEYS).items() if k != "model_kwargs"},
             "seed": seed,
             "n_training_patches": int(train_rows.size),
             "n_unlabelled_tiles": len(tiles),

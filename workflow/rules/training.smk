@@ -174,7 +174,7 @@ rule distill:
         inference=CFG.inference.subset(
             ("tile", "overlap", "batch_size", "vote", "tta", "threshold")
         ),
-        student=STUDENT.as_dict(),
+        student=STUDENT.subset(STUDENT.DISTILL_KEYS),
         seed=SEED,
         precision=CFG.training.precision,
         deterministic=CFG.training.deterministic,
