@@ -18,4 +18,5 @@ with log_to(snakemake.log[0]):
         seed=snakemake.params.seed,
         instances=dict(snakemake.params.instances),
         input_planes=int(snakemake.params.input_planes),
+        student=list(snakemake.input.student),
     )

@@ -11,4 +11,6 @@ with log_to(snakemake.log[0]):
         snakemake.output.summary,
         inference=dict(snakemake.params.inference),
         uncertainty=bool(snakemake.params.get("uncertainty", False)),
+        student=snakemake.input.get("student") or None,
+        qc_images=snakemake.params.qc_images,
     )

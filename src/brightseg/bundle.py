@@ -12,6 +12,10 @@ same content as one ``.tar`` file) holding
     The voting checkpoints in rank order, with paths relative to the bundle.
 ``members/NN_<model>_<loss>_eEE.keras``
     The checkpoints themselves.
+``student/student.keras``, ``student/card.json``
+    With ``ensemble.distill``: the distilled student (the default predictor of a
+    predict-only run with ``ensemble.distill: true``) and its card; ``bundle.json``
+    lists it under ``student``.
 
 ``content_sha256`` is the sha256 of every other file (name and bytes, in sorted order)
 and of ``bundle.json`` without that key: :func:`open_bundle` recomputes it, so a bundle
@@ -58,6 +62,7 @@ FORMAT_VERSION = 1
 MANIFEST = "bundle.json"
 TABLE = "ensemble.tsv"
 MEMBERS = "members"
+STUDENT = "student"
 
 #: Config keys that a bundle fixes: the models were trained (illumination) or validated
 #: (inference) with these values, so a predict-only run takes them from the bundle.
@@ -137,6 +142,8 @@ def write_bundle(
     instances: Mapping | None = None,
     versions: Mapping | None = None,
     input_planes: int = 1,
+    student: str | os.PathLike | None = None,
+    student_card: str | os.PathLike | None = None,
 ) -> dict:
     """Write a bundle directory (and its ``.tar`` archive) from an ``ensemble.tsv``.
 
@@ -166,6 +173,8 @@ def write_bundle(
     input_planes : int
         Focal planes the models take as their channels (:mod:`brightseg.focus`): 3 is
         recorded as ``preprocessing.input_planes``; 1 (grey) is the absence of the key.
+    student, student_card : path, optional
+        The distilled ``student.keras`` and its ``card.json`` (:mod:`brightseg.distill`).
 
     Returns
     -------
@@ -202,6 +211,18 @@ def write_bundle(
         pd.DataFrame(rows, columns=list(table.columns)).to_csv(
             tmp / TABLE, sep="\t", index=False, float_format="%.6f", lineterminator="\n"
         )
+        student_entry = None
+        if student is not None:
+            (tmp / STUDENT).mkdir()
+            shutil.copyfile(student, tmp / STUDENT / "student.keras")
+            student_entry = {"file": f"{STUDENT}/student.keras"}
+            student_entry["sha256"] = _sha256_file(tmp / student_entry["file"])
+            if student_card is not None:
+                shutil.copyfile(student_card, tmp / STUDENT / "card.json")
+                card = json.loads(Path(student_card).read_text())
+                student_entry["card"] = f"{STUDENT}/card.json"
+                student_entry["flops_ratio"] = card.get("flops", {}).get("ratio")
+                student_entry["dice_ratio"] = card.get("validation", {}).get("dice_ratio")
         ill = {k: illumination[k] for k in BUNDLE_KEYS["illumination"]}
         inf = {k: inference[k] for k in BUNDLE_KEYS["inference"] if k != "tile"}
         inf["tile"] = None if tile is None else int(tile)
@@ -224,6 +245,8 @@ def write_bundle(
             "training": _jsonable(dict(training or {})),
             "members": members,
         }
+        if student_entry is not None:
+            manifest["student"] = _jsonable(student_entry)
         manifest["content_sha256"] = content_hash(tmp, manifest)
         write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", tmp / MANIFEST)
     if archive is not None:
@@ -391,6 +414,11 @@ def verify(root: Path, manifest: Mapping, source: Path) -> None:
             raise InputError(source, f"member {member.get('file')!r} is missing")
         if _sha256_file(file) != member.get("sha256"):
             raise InputError(source, f"member {member['file']!r} does not match its sha256")
+    student = manifest.get("student")
+    if student is not None:
+        file = root / str(student.get("file", ""))
+        if not file.is_file() or _sha256_file(file) != student.get("sha256"):
+            raise InputError(source, f"the student {student.get('file')!r} is missing or changed")
     if content_hash(root, manifest) != manifest["content_sha256"]:
         raise InputError(
             source,

@@ -550,8 +550,25 @@ def bench_instances_cmd(shape, n, repeats):
 @click.option("--tile", default=256, show_default=True)
 @click.option("--overlap", default=32, show_default=True)
 @click.option("--batch-size", default=8, show_default=True)
-def bench_ensemble_cmd(n_images, shape, n_models, tile, overlap, batch_size):
-    """Raw forward vs zarr-to-zarr predict vs the paper's per-image predict-and-stitch."""
+@click.option(
+    "--ensemble",
+    default=None,
+    type=click.Path(exists=True),
+    help="Trained checkpoints (ensemble.tsv or a model bundle) instead of random models.",
+)
+@click.option(
+    "--student",
+    default="default",
+    show_default=True,
+    help="Distilled student: student.keras, a bundle with one, 'default' (the default "
+    "student architecture, random weights) or 'none'.",
+)
+@_handle_errors
+def bench_ensemble_cmd(n_images, shape, n_models, tile, overlap, batch_size, ensemble, student):
+    """Raw forward vs zarr-to-zarr predict vs the paper's per-image predict-and-stitch.
+
+    With a student (default): the student's patches/s beside the ensemble's.
+    """
 
     r = bench_ensemble(
         n_images=n_images,
@@ -560,9 +577,17 @@ def bench_ensemble_cmd(n_images, shape, n_models, tile, overlap, batch_size):
         tile=tile,
         overlap=overlap,
         batch_size=batch_size,
+        ensemble=ensemble,
+        student=None if student == "none" else student,
     )
     for k, v in r.items():
         click.echo(f"{k:>20}: {v}")
+    if "speedup" in r:
+        click.echo(
+            f"student: {r['student_patches_per_s']:.1f} patches/s, ensemble "
+            f"({r['n_models']} models): {r['ensemble_patches_per_s']:.1f} patches/s, "
+            f"speed-up {r['speedup']:.1f}x at {100 * r['flops_ratio']:.2f} % of the FLOPs"
+        )
     click.echo(_kv_line(r))
 
 

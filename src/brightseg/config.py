@@ -48,6 +48,7 @@ __all__ = [
     "MorphometryConfig",
     "OtsuConfig",
     "StatsConfig",
+    "StudentConfig",
     "TrainingConfig",
     "load_schema",
     "unknown_keys",
@@ -358,6 +359,52 @@ class EnsembleConfig(Block):
     PATH: ClassVar[str] = "ensemble"
     top_k: int
     stability_window: int
+    distill: bool = False
+    student: dict = dataclasses.field(default_factory=dict)
+
+    #: The keys that change the checkpoint selection (the ``select_checkpoints`` params).
+    SELECT_KEYS: ClassVar[tuple[str, ...]] = ("top_k", "stability_window")
+
+    @property
+    def student_config(self) -> StudentConfig:
+        return StudentConfig.coerce(self.student)
+
+
+@dataclass(frozen=True)
+class StudentConfig(Block):
+    """The distilled student (:mod:`brightseg.distill`): ``ensemble.student``."""
+
+    PATH: ClassVar[str] = "ensemble.student"
+    architecture: str
+    model_kwargs: dict
+    epochs: int
+    steps_per_epoch: int | None
+    batch_size: int
+    learning_rate: float
+    dice_weight: float
+    unlabelled_plates: tuple[str, ...]
+    unlabelled_tiles: int
+    min_dice_ratio: float
+    max_flops_ratio: float
+    on_miss: str
+    qc_images: int
+
+    #: The keys that change the student (the ``distill`` rule's params; ``qc_images``
+    #: is the ``predict`` rule's).
+    DISTILL_KEYS: ClassVar[tuple[str, ...]] = (
+        "architecture",
+        "model_kwargs",
+        "epochs",
+        "steps_per_epoch",
+        "batch_size",
+        "learning_rate",
+        "dice_weight",
+        "unlabelled_plates",
+        "unlabelled_tiles",
+        "min_dice_ratio",
+        "max_flops_ratio",
+        "on_miss",
+    )
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,26 @@ ENSEMBLE_ID = BUNDLE_SHA256 if BUNDLE else "trained"
 # configured number with its validation Dice; always made, so that a changed setting leaves
 # no stale file. A bundle records the number it was chosen as.
 THRESHOLD_JSON = [] if BUNDLE else "results/models/threshold.json"
+# Distillation (ensemble.distill): one small student, trained on the ensemble's soft votes
+# (rule distill), predicts the plates; the ensemble stays for QC and the evaluation sets. A
+# predict-only run uses the bundle's student (a bundle without one stops the run here).
+DISTILL = CFG.ensemble.distill
+STUDENT = CFG.ensemble.student_config
+STUDENT_DIR = "results/models/student"
+if DISTILL and BUNDLE and "student" not in _manifest:
+    raise WorkflowError(
+        f"brightseg: bad config: ensemble.distill is true but the model bundle {BUNDLE} "
+        "has no student (train one with ensemble.distill: true, or set it to false)"
+    )
+_unknown_unlabelled = sorted(set(STUDENT.unlabelled_plates) - set(PLATES.index))
+if DISTILL and _unknown_unlabelled:
+    raise WorkflowError(
+        "brightseg: bad config: ensemble.student.unlabelled_plates names plates that are "
+        f"not in {SHEET}: {', '.join(_unknown_unlabelled)}"
+    )
+STUDENT_INPUT = (BUNDLE or f"{STUDENT_DIR}/student.keras") if DISTILL else []
+# Only a distilled run has the QC param (a run without one keeps its params, so no rerun).
+PREDICT_QC = {"qc_images": STUDENT.qc_images} if DISTILL else {}
 _train_px = {float(PLATES.loc[p, "pixel_size_um"]) for p in TRAINING}
 TRAINING_PIXEL_SIZE = _train_px.pop() if len(_train_px) == 1 else None
 
@@ -243,6 +263,8 @@ def all_targets():
     if len(MODEL_RUNS):
         targets += ["results/models/ensemble.tsv", "results/training/gallery.png"]
         targets += ["results/models/bundle.tar"]
+        if DISTILL:
+            targets.append(f"{STUDENT_DIR}/card.json")
         targets += evalset_targets()
         if LIVECELL_ON:
             targets.append("results/tables/livecell/ap.md")

@@ -6,6 +6,7 @@ rule predict:
         store="results/plates/{plate}.ome.zarr",
         ensemble=ENSEMBLE_SOURCE,
         threshold=THRESHOLD_JSON,
+        student=STUDENT_INPUT,
     output:
         labels=directory("results/predictions/{plate}.zarr"),
         summary="results/predictions/{plate}.tsv",
@@ -22,6 +23,7 @@ rule predict:
         runtime=4 * 60,
     params:
         **QC_PREDICT_PARAMS,
+        **PREDICT_QC,
         inference=CFG.inference.as_dict(),
         ensemble_id=ENSEMBLE_ID,
     script:

@@ -113,7 +113,7 @@ rule select_checkpoints:
     conda:
         "../../envs/tensorflow.yaml"
     params:
-        ensemble=CFG.ensemble.as_dict(),
+        ensemble=CFG.ensemble.subset(CFG.ensemble.SELECT_KEYS),
         tta=MODEL_TTA,
     script:
         "../../scripts/select_checkpoints.py"
@@ -141,10 +141,57 @@ rule choose_threshold:
         "../../scripts/choose_threshold.py"
 
 
+rule distill:
+    input:
+        ensemble="results/models/ensemble.tsv",
+        threshold=THRESHOLD_JSON,
+        checkpoints=run_outputs("checkpoints"),
+        store="results/training/patches.zarr",
+        manifest="results/training/manifest.parquet",
+        unlabelled=expand(
+            "results/plates/{plate}.ome.zarr", plate=STUDENT.unlabelled_plates
+        ),
+    output:
+        student=f"{STUDENT_DIR}/student.keras",
+        card=report(
+            f"{STUDENT_DIR}/card.json",
+            caption="../report/student.rst",
+            category="Models",
+        ),
+        history=f"{STUDENT_DIR}/history.csv",
+        targets=directory(f"{STUDENT_DIR}/soft_targets.zarr"),
+    log:
+        "logs/distill.log",
+    benchmark:
+        "benchmarks/distill.tsv"
+    conda:
+        "../../envs/tensorflow.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=12 * 60,
+    params:
+        inference=CFG.inference.subset(
+            ("tile", "overlap", "batch_size", "vote", "tta", "threshold")
+        ),
+        student=STUDENT.subset(STUDENT.DISTILL_KEYS),
+        seed=SEED,
+        precision=CFG.training.precision,
+        deterministic=CFG.training.deterministic,
+    script:
+        "../../scripts/distill.py"
+
+
 rule bundle:
     input:
         ensemble="results/models/ensemble.tsv",
         threshold=THRESHOLD_JSON,
+        student=(
+            [f"{STUDENT_DIR}/student.keras", f"{STUDENT_DIR}/card.json"]
+            if DISTILL
+            else []
+        ),
         checkpoints=run_outputs("checkpoints"),
         manifest="results/training/manifest.parquet",
         split_summary="results/training/split_summary.tsv",

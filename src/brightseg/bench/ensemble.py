@@ -1,4 +1,10 @@
-"""``brightseg bench ensemble``: raw forward passes vs the zarr-to-zarr pipeline vs per image."""
+"""``brightseg bench ensemble``: raw forward passes vs the zarr-to-zarr pipeline vs per image.
+
+Beside the ensemble, the distilled student (:mod:`brightseg.distill`) predicts the same
+plate through the same pipeline: ``student_patches_per_s`` and ``ensemble_patches_per_s``
+are image tiles per second end to end (every member, or the student alone), ``speedup``
+their ratio, with the FLOPs of one tile of each (:func:`brightseg.distill.count_flops`).
+"""
 
 from __future__ import annotations
 
@@ -145,6 +151,36 @@ def _paper_predict(image, models, *, tile, overlap, batch_size, threshold):
     return to_uint8(prob), (prob > threshold).astype(np.uint8)
 
 
+def _load_models(ensemble: str | os.PathLike) -> list:
+    """The checkpoints of an ``ensemble.tsv`` (or of a model bundle), loaded."""
+    from .. import bundle as bs_bundle
+    from ..ensemble import read_ensemble
+    from ..models import load_checkpoint
+
+    if bs_bundle.is_bundle(ensemble):
+        with bs_bundle.open_bundle(ensemble) as b:
+            return [load_checkpoint(p) for p in read_ensemble(b.ensemble_tsv)["path"]]
+    return [load_checkpoint(p) for p in read_ensemble(ensemble)["path"]]
+
+
+def _student_model(student: str, tile: int, seed: int):
+    """``student.keras`` (or a bundle's student), or the default student architecture."""
+    import keras
+
+    from .. import bundle as bs_bundle
+    from ..config import StudentConfig
+    from ..models import build_model, load_checkpoint
+
+    if student == "default":
+        cfg = StudentConfig.from_dict({})
+        keras.utils.set_random_seed(seed)
+        return build_model(cfg.architecture, (tile, tile, 3), "none", **dict(cfg.model_kwargs))
+    if bs_bundle.is_bundle(student):
+        with bs_bundle.open_bundle(student) as b:
+            return load_checkpoint(b.root / b.manifest["student"]["file"])
+    return load_checkpoint(student)
+
+
 def bench_ensemble(
     n_images: int = 4,
     shape: tuple[int, int] = (1024, 1024),
@@ -158,6 +194,8 @@ def bench_ensemble(
     workdir: str | os.PathLike | None = None,
     repeats: int = 3,
     verbose: bool = True,
+    ensemble: str | os.PathLike | None = None,
+    student: str | None = "default",
 ) -> dict:
     """Compare raw model throughput, this module's pipeline and the paper's approach.
 
@@ -170,8 +208,14 @@ def bench_ensemble(
         mean vote, write; once with the same overlap (same tiles as (b)) and
         once with non-overlapping tiles.
 
-    The four measurements are interleaved ``repeats`` times and the best time
-    of each is reported (``all_s`` has every time).
+    (d) with ``student``: :func:`predict_plate` of the student alone (``"default"``: the
+        ``ensemble.student`` block's default architecture with random weights; or a
+        ``student.keras`` / a bundle with a student).
+
+    ``ensemble`` (an ``ensemble.tsv`` or a model bundle) benchmarks trained checkpoints
+    instead of ``n_models`` random ``model`` networks; ``tile`` must then be their input
+    size.  The measurements are interleaved ``repeats`` times and the best time of each
+    is reported (``all_s`` has every time).
 
     Returns
     -------
@@ -179,13 +223,24 @@ def bench_ensemble(
         Seconds, patches/s and MPx/s of each, and the ratios ``b_over_a``
         (pipeline throughput / raw model throughput; 1 means all I/O, tiling,
         blending and voting is hidden), ``b_over_c`` (pipeline speed-up over
-        the paper's approach at equal overlap) and ``b_over_c_nonoverlap``.
+        the paper's approach at equal overlap) and ``b_over_c_nonoverlap``; with a
+        student also ``student_patches_per_s``, ``ensemble_patches_per_s`` (image tiles
+        per second through the pipeline), ``speedup``, ``student_flops``,
+        ``ensemble_flops`` (one tile, all members) and ``flops_ratio``.
     """
     rng = np.random.default_rng(seed)
     h, w = shape
     images = [rng.random((h, w), dtype=np.float32) for _ in range(n_images)]
-    models = [_bench_model(model, tile, seed + i) for i in range(n_models)]
+    if ensemble is not None:
+        models = _load_models(ensemble)
+        model, n_models = str(ensemble), len(models)
+    else:
+        models = [_bench_model(model, tile, seed + i) for i in range(n_models)]
     predictors = [make_predictor(m, batch_size, tile) for m in models]
+    student_model = _student_model(student, tile, seed) if student else None
+    student_predictors = (
+        [make_predictor(student_model, batch_size, tile)] if student_model is not None else []
+    )
     mpx = n_images * h * w / 1e6
     tmp = tempfile.TemporaryDirectory(dir=workdir)
     try:
@@ -196,6 +251,23 @@ def bench_ensemble(
         for p, m in zip(predictors, models, strict=True):
             np.asarray(p(warm))
             m.predict(warm, batch_size=batch_size, verbose=0)
+        for p in student_predictors:
+            np.asarray(p(warm))
+
+        # (d) the student alone through the same pipeline
+        def student_pipeline() -> float:
+            t0 = time.perf_counter()
+            predict_plate(
+                store,
+                student_predictors,
+                tile=tile,
+                overlap=overlap,
+                batch_size=batch_size,
+                tta=tta,
+                skip_existing=False,
+                desc="bench student",
+            )
+            return time.perf_counter() - t0
 
         # (b) pipeline, zarr to zarr
         def pipeline() -> float:
@@ -241,13 +313,18 @@ def bench_ensemble(
 
         engine: dict = {}
         times: dict[str, list[float]] = {"b": [], "a": [], "c": [], "c0": []}
+        if student_predictors:
+            times["d"] = []
         for _ in range(repeats):  # interleaved, best of `repeats` (shared machines are noisy)
             times["b"].append(pipeline())
             times["a"].append(raw())
             times["c"].append(paper(overlap))
             times["c0"].append(paper(0))
+            if student_predictors:
+                times["d"].append(student_pipeline())
         t_a, t_b, t_c, t_c0 = (min(times[k]) for k in ("a", "b", "c", "c0"))
         n_batches = engine["n_batches"]
+        n_tiles = engine["n_tiles"]
     finally:
         tmp.cleanup()
     patches = n_batches * batch_size * n_models
@@ -280,6 +357,22 @@ def bench_ensemble(
         "b_over_c": t_c / t_b,
         "b_over_c_nonoverlap": t_c0 / t_b,
     }
+    if student_model is not None:
+        from ..distill import count_flops
+
+        t_d = min(times["d"])
+        student_flops = count_flops(student_model)
+        ensemble_flops = sum(count_flops(m) for m in models)
+        out.update(
+            student=str(student),
+            student_s=t_d,
+            student_patches_per_s=n_tiles / t_d,
+            ensemble_patches_per_s=n_tiles / t_b,
+            speedup=t_b / t_d,
+            student_flops=student_flops,
+            ensemble_flops=ensemble_flops,
+            flops_ratio=student_flops / ensemble_flops,
+        )
     if verbose:
         for key, value in out.items():
             print(f"{key:>24}: {value:.4g}" if isinstance(value, float) else f"{key:>24}: {value}")

@@ -67,6 +67,8 @@ def predict(
     *,
     inference,
     uncertainty: bool = False,
+    student: str | None = None,
+    qc_images: int = 2,
 ) -> pd.DataFrame:
     """Rule ``predict``: every selected checkpoint predicts every image of a plate; votes combined.
 
@@ -79,12 +81,24 @@ def predict(
 
     With ``uncertainty`` (``qc.uncertainty``) the store also holds the ``variance`` and
     ``entropy`` labels (:mod:`brightseg.qc`).
+
+    With ``student`` (``ensemble.distill: true``: the distilled ``student.keras``, or a
+    bundle holding one) the student alone predicts every image, thresholded at the
+    ensemble's threshold; the ensemble also predicts the first ``qc_images`` images, and
+    the summary gains ``predictor`` and, for those images, ``qc_ensemble_dice`` (Dice of
+    the student's mask against the ensemble's) and ``qc_ensemble_prob_mae`` (mean absolute
+    difference of the probabilities).
     """
     cfg = InferenceConfig.coerce(inference)
     ens = load_ensemble(ensemble_tsv, cfg)
+    predictor = ens
+    if student:
+        from ..distill import load_student
+
+        predictor = load_student(student, ens.inference, threshold=ens.inference.threshold)
     plate = open_plate(store, mode="r")
     dest = Path(labels_out)
-    ident = ens.key + _store_identity(store) + ("+uncertainty" if uncertainty else "")
+    ident = predictor.key + _store_identity(store) + ("+uncertainty" if uncertainty else "")
     key = hashlib.sha256(ident.encode()).hexdigest()[:20]
     prefix = PARTIAL.format(name=dest.name)
     partial = dest.with_name(prefix + key)
@@ -98,10 +112,35 @@ def predict(
         labels = open_labels(partial, store, mode="r+")
     else:
         labels = create_label_store(partial, plate)
-    df = ens.predict_plate(labels, desc=f"predict {plate.plate}", uncertainty=uncertainty)
+    df = predictor.predict_plate(labels, desc=f"predict {plate.plate}", uncertainty=uncertainty)
+    if student:
+        df = _ensemble_qc(df, ens, plate, labels, qc_images)
     write_text(df.to_csv(sep="\t", index=False, lineterminator="\n"), summary_out)
     with atomic_path(dest, is_dir=True) as tmp:
         os.replace(partial, tmp)
+    return df
+
+
+def _ensemble_qc(df: pd.DataFrame, ens, plate, labels, n_images: int) -> pd.DataFrame:
+    """The student's masks against the ensemble's on the first ``n_images`` of a plate."""
+    import numpy as np
+
+    from ..distill import pooled_dice
+
+    df = df.assign(predictor="student", qc_ensemble_dice=np.nan, qc_ensemble_prob_mae=np.nan)
+    for i, image_id in enumerate(df["image_id"].iloc[:n_images]):
+        _, prob, mask = ens.predict(plate.read(image_id))
+        student_mask = np.asarray(labels.read_label(image_id, "mask"))
+        student_prob = np.asarray(labels.read_label(image_id, "prob"), np.float32) / 255
+        df.loc[df.index[i], "qc_ensemble_dice"] = pooled_dice([student_mask], [mask])
+        df.loc[df.index[i], "qc_ensemble_prob_mae"] = float(np.abs(student_prob - prob).mean())
+    if n_images and len(df):
+        log.info(
+            "QC: student vs ensemble on %d images: Dice %.4f (lowest %.4f)",
+            int(df["qc_ensemble_dice"].notna().sum()),
+            df["qc_ensemble_dice"].mean(),
+            df["qc_ensemble_dice"].min(),
+        )
     return df
 
 

@@ -18,7 +18,7 @@ from ..augment import (
     training_store_planes,
 )
 from ..bundle import load_ensemble, training_summary, write_bundle
-from ..config import EnsembleConfig, InferenceConfig, ModelSpec, TrainingConfig
+from ..config import EnsembleConfig, InferenceConfig, ModelSpec, StudentConfig, TrainingConfig
 from ..ensemble import resolve_threshold, validation_threshold
 from ..errors import InputError
 from ..io import read_image, write_parquet, write_text
@@ -245,6 +245,53 @@ def choose_threshold(
     return chosen
 
 
+def distill(
+    ensemble_tsv: str,
+    store: str,
+    manifest: str,
+    student_out: str,
+    card_out: str,
+    history_out: str,
+    targets_out: str,
+    *,
+    inference: InferenceConfig | dict,
+    student: StudentConfig | dict,
+    unlabelled_stores: Sequence[str] = (),
+    seed: int,
+    precision: str = "float32",
+    deterministic: bool = True,
+) -> dict:
+    """Rule ``distill``: the ensemble's soft votes taught to one small student network.
+
+    The ensemble votes with the chosen threshold (``threshold.json``); soft targets, the
+    student, its history and its card go to ``results/models/student/`` (see
+    :mod:`brightseg.distill`).  ``precision`` and ``deterministic`` are the training
+    block's.
+    """
+    import tensorflow as tf
+
+    from ..distill import distill_ensemble
+    from ..train import _dtype_policy
+
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    ens = load_ensemble(ensemble_tsv, InferenceConfig.coerce(inference))
+    stores = [open_plate(p, mode="r") for p in unlabelled_stores]
+    with _dtype_policy(precision):
+        return distill_ensemble(
+            ens,
+            store,
+            manifest,
+            student_out,
+            card_out,
+            history_out,
+            targets_out,
+            student=StudentConfig.coerce(student),
+            unlabelled_stores=stores,
+            seed=seed,
+        )
+
+
 def bundle(
     ensemble_tsv: str,
     manifest: str,
@@ -260,13 +307,16 @@ def bundle(
     seed: int,
     instances: dict | None = None,
     input_planes: int = 1,
+    student: Sequence[str] = (),
 ) -> None:
     """Rule ``bundle``: the voting checkpoints as a portable, verified model bundle.
 
     ``illumination`` is the block the training images were corrected with; ``tile`` the
     models' input size (the training patch size); ``pixel_size_um`` the training images'
     pixel size where they share one (None otherwise); ``input_planes`` the focal planes
-    of the training images (:mod:`brightseg.focus`).  See :mod:`brightseg.bundle`.
+    of the training images (:mod:`brightseg.focus`); ``student`` the distilled
+    ``student.keras`` and its ``card.json`` (empty without distillation).  See
+    :mod:`brightseg.bundle`.
     """
     inf = resolve_threshold(InferenceConfig.coerce(inference), ensemble_tsv)
     summary = training_summary([manifest], split_summary, seed=seed, training=training)
@@ -281,4 +331,6 @@ def bundle(
         training=summary,
         instances=instances,
         input_planes=int(input_planes),
+        student=student[0] if student else None,
+        student_card=student[1] if student else None,
     )
