@@ -30,6 +30,7 @@ from .errors import InputError
 from .illumination import correct_illumination, radius_to_px
 from .io import read_image
 from .metrics import choose_threshold, match_instances, pixel_metrics
+from .targets import foreground_probability, seed_probability
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +80,20 @@ def _load(images: Path, masks: Path, cfg: dict, pixel_size_um: float) -> list[di
 
 
 def _predict(model, image: np.ndarray, inference: dict, tile: int) -> np.ndarray:
-    from .ensemble import make_predictor, predict_image
+    """Blended full-image prediction: ``(H, W)`` for a sigmoid model, ``(H, W, 3)`` softmax."""
+    from .ensemble import channel_predictors, make_predictor, predict_image
 
+    channels = int(model.output_shape[-1])
     pred = make_predictor(model, batch_size=int(inference["batch_size"]), tile=tile)
-    return predict_image(
+    out = predict_image(
         image,
-        [pred],
+        channel_predictors(pred, channels),
         tile=tile,
         overlap=int(inference["overlap"]),
         batch_size=int(inference["batch_size"]),
         tta=bool(inference["tta"]),
-    )[0]
+    )
+    return out[0] if channels == 1 else np.moveaxis(out, 0, -1)
 
 
 def run_cv(
@@ -150,6 +154,10 @@ def run_cv(
     inference = cfg["inference"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    target = spec.get("target", "binary")
+    if target == "nucleus3":
+        raise InputError(cpath, "brightseg cv has no nucleus labels: target nucleus3 cannot run")
+    needs_labels = target != "binary" or "border_weight" in (spec.get("loss_kwargs") or {})
     data = _load(Path(images), Path(masks), cfg, pixel_size_um)
     fold_of = fold_assignment(len(data), folds, seed)
     if only is not None and not 0 <= only < folds:
@@ -170,6 +178,7 @@ def run_cv(
                 "modality": "phase",
                 "image": d["image"],
                 "mask": d["mask"],
+                "labels": d["labels"],
             }
             for d in train_items
         )
@@ -183,6 +192,7 @@ def run_cv(
             min_foreground=tr["min_foreground"],
             n_variants=tr["n_variants"],
             seed=seed + k,
+            with_labels=needs_labels,
         )
         split = apply_split(
             fdir / "manifest_all.parquet",
@@ -205,14 +215,22 @@ def run_cv(
         tile = int(tr["patch_size"])
         val = [d for d in train_items if d["stem"] in val_stems] or train_items[:1]
         choice = choose_threshold(
-            [_predict(model, d["image"], inference, tile) for d in val], [d["mask"] for d in val]
+            [foreground_probability(_predict(model, d["image"], inference, tile)) for d in val],
+            [d["mask"] for d in val],
         )
         thr = float(choice["threshold"])
         for d in test_items:
-            prob = _predict(model, d["image"], inference, tile)
+            out = _predict(model, d["image"], inference, tile)
+            prob = foreground_probability(out)
             fg = (prob > thr).astype(np.uint8)
             px = pixel_metrics(fg, d["mask"])
-            lab = split_with_config(fg, pixel_size_um, cfg["instances"], prob=prob)
+            lab = split_with_config(
+                fg,
+                pixel_size_um,
+                cfg["instances"],
+                prob=prob,
+                seed_prob=seed_probability(out, target),
+            )
             inst = match_instances(lab, d["labels"], thresholds=(0.5,))
             rows.append(
                 {
