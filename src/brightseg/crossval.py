@@ -11,6 +11,11 @@ workflow's tiled, blended path), thresholded at the probability that maximises v
 Dice (:func:`brightseg.metrics.choose_threshold`, computed on the validation images' full
 predictions), split into instances with :func:`brightseg.instances.split_with_config` and
 scored: pixel Dice/precision/recall and instance F1 at IoU 0.5.
+
+Targets (issue 16): a ``border3`` model or a border-weighted loss is trained from the masks'
+instance labels (carried into the training store); a 3-class model is thresholded on its
+foreground probability ``1 - p(background)`` and its interior probability seeds
+``instances.method: interior``.  ``nucleus3`` needs nucleus labels, which mask folders lack.
 """
 
 from __future__ import annotations
@@ -220,8 +225,8 @@ def run_cv(
         )
         thr = float(choice["threshold"])
         for d in test_items:
-            out = _predict(model, d["image"], inference, tile)
-            prob = foreground_probability(out)
+            pred = _predict(model, d["image"], inference, tile)
+            prob = foreground_probability(pred)
             fg = (prob > thr).astype(np.uint8)
             px = pixel_metrics(fg, d["mask"])
             lab = split_with_config(
@@ -229,7 +234,7 @@ def run_cv(
                 pixel_size_um,
                 cfg["instances"],
                 prob=prob,
-                seed_prob=seed_probability(out, target),
+                seed_prob=seed_probability(pred, target),
             )
             inst = match_instances(lab, d["labels"], thresholds=(0.5,))
             rows.append(

@@ -53,6 +53,12 @@ disks 1 µm/px, 30 %    0.826  0.775  0.671  0.596  0.509  0.374
 ellipses 1 µm/px       0.691  0.928  1.000  1.000  1.000  1.000
 =====================  =====  =====  =====  =====  =====  =====
 
+Seeds from a 3-class model instead of the distance transform (issue 16, ``instances.method``
+of :func:`split_with_config`): :func:`split_interior` seeds with the connected components of
+a cell-interior probability (``border3`` models), :func:`split_log_seeds` with the
+Laplacian-of-Gaussian blobs of a nucleus probability (``nucleus3`` models); both flood the
+foreground mask from their seeds and keep unseeded components whole.
+
 Touching cells want h small, elongated cells need h of at least one pixel (the
 ridge of a rasterised EDT dips by up to ~0.7 px), hence 0.5 µm but >= 1 px.
 Cells with rough outlines may need a larger h; pass ``h_um`` explicitly.
