@@ -85,3 +85,58 @@ def test_log_seeded_split_gives_one_cell_per_nucleus():
     assert (direct == lab).all()
     with pytest.raises(InputError, match="nucleus_diameter_um"):
         split_log_seeds(truth > 0, nuc, nucleus_diameter_um=0.0)
+
+
+def test_split_instances_rule_reads_the_seed_label(tmp_path):
+    import pandas as pd
+
+    from brightseg.platestore import create_label_store, open_labels, open_plate, write_plate
+    from brightseg.rules.inference import split_instances as split_rule
+
+    truth = _disks([(32, 40), (32, 48)], 12)
+    df = pd.DataFrame(
+        {"image_id": ["a"], "row": ["A"], "column": [1], "field": [0], "timepoint": [0]}
+    )
+    store = tmp_path / "P.ome.zarr"
+    write_plate(
+        store,
+        "P",
+        df,
+        load=lambda row: (truth > 0).astype(np.float32) * 0.5,
+        pixel_size_um=1.0,
+        modality="fluorescence",
+    )
+    preds = tmp_path / "pred.zarr"
+    labels = create_label_store(preds, open_plate(store))
+    labels.write_label("a", "prob", ((truth > 0) * 255).astype(np.uint8))
+    labels.write_label("a", "mask", (truth > 0).astype(np.uint8))
+    common = dict(pixel_size_um=1.0)
+    with pytest.raises(InputError, match="seed"):
+        split_rule(
+            str(store),
+            str(preds),
+            str(tmp_path / "c0.zarr"),
+            str(tmp_path / "c0.tsv"),
+            instances={"method": "interior", "min_area_um2": 5},
+            **common,
+        )
+    labels.write_label("a", "seed", ((border3_classes(truth) == 1) * 230).astype(np.uint8))
+    split_rule(
+        str(store),
+        str(preds),
+        str(tmp_path / "c1.zarr"),
+        str(tmp_path / "c1.tsv"),
+        instances={"method": "interior", "min_area_um2": 5},
+        **common,
+    )
+    cells = open_labels(tmp_path / "c1.zarr", store).read_label("a", "cells")
+    assert cells.max() == 2 and match_instances(cells, truth)["f1@0.5"] == 1.0
+    split_rule(
+        str(store),
+        str(preds),
+        str(tmp_path / "c2.zarr"),
+        str(tmp_path / "c2.tsv"),
+        instances={"min_area_um2": 5},
+        **common,
+    )
+    assert open_labels(tmp_path / "c2.zarr", store).read_label("a", "cells").max() == 1
