@@ -363,7 +363,8 @@ def augment_variant(
     secondary: str,
     *,
     seed: int,
-) -> tuple[np.ndarray, np.ndarray]:
+    extra: list[np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """Apply one primary and one secondary transform to a pair.
 
     Parameters
@@ -377,11 +378,16 @@ def augment_variant(
     seed : int
         Seeds the random parameters; step ``i`` of the chain uses
         ``stable_seed(seed, i)``.
+    extra : list of ndarray, optional
+        Further integer maps (instance labels, nucleus labels; uint16) warped with the mask,
+        nearest interpolation, values kept.  They do not change the image or mask drawn.
 
     Returns
     -------
     image : ndarray of uint8, shape (H, W, 3)
     mask : ndarray of uint8, shape (H, W), values in {0, 1}
+    extra : list of ndarray
+        Only when ``extra`` is given: the warped maps.
     """
     image, mask = _check_u8_pair(image, mask, None)
     h, w = mask.shape
@@ -389,10 +395,15 @@ def augment_variant(
     chain += _primitives(_resolve(secondary, SECONDARY, "secondary")(h, w))
     img = image
     m255 = mask * np.uint8(255)
+    maps = None if extra is None else [np.ascontiguousarray(e) for e in extra]
     for i, t in enumerate(chain):
         if isinstance(t, A.NoOp):
             continue
-        out = A.Compose([t], seed=stable_seed(seed, i))(image=img, mask=m255)
+        if maps is None:
+            out = A.Compose([t], seed=stable_seed(seed, i))(image=img, mask=m255)
+        else:
+            out = A.Compose([t], seed=stable_seed(seed, i))(image=img, mask=m255, masks=maps)
+            maps = [np.ascontiguousarray(e) for e in out["masks"]]
         img = np.ascontiguousarray(out["image"])
         # re-binarise after every primitive (nearest interpolation keeps 0/255,
         # this guards against any interpolating or filling step).
@@ -403,6 +414,8 @@ def augment_variant(
         img = np.repeat(img[..., None], 3, axis=2)
     if img.shape != image.shape or m255.shape != mask.shape:
         raise RuntimeError(f"{primary}+{secondary} changed the shape {image.shape} -> {img.shape}")
+    if maps is not None:
+        return img, (m255 > 127).astype(np.uint8), maps
     return img, (m255 > 127).astype(np.uint8)
 
 
@@ -414,6 +427,7 @@ def augment_pair(
     seed: int,
     n_variants: int = 21,
     planes: int = 1,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> list[dict]:
     """All variants of one image/mask pair.
 
@@ -432,21 +446,46 @@ def augment_pair(
     planes : int
         3 when the channels are focal planes (see :func:`variant_plan`); a geometric
         transform moves all channels alike either way.
+    extra : dict of str to ndarray, optional
+        Integer maps warped with the mask (e.g. ``labels``, ``nuclei``), see
+        :func:`augment_variant`; each variant then has them under the same keys.
 
     Returns
     -------
     list of dict
         Keys ``k``, ``primary``, ``secondary``, ``image`` (uint8 (H, W, 3)) and
-        ``mask`` (uint8 (H, W) in {0, 1}); variant 0 equals the input.
+        ``mask`` (uint8 (H, W) in {0, 1}), plus the keys of ``extra``; variant 0 equals
+        the input.
     """
     image, mask = _check_u8_pair(image_u8_hw3, mask_u8_hw, image_id)
+    names = list(extra or {})
     out = []
     for k, p, s in variant_plan(image_id, seed, n_variants, planes=planes):
+        maps: list[np.ndarray] = []
         if k == 0:
             img, m = image.copy(), mask.copy()
+            maps = [np.array(extra[n]) for n in names]
+        elif names:
+            img, m, maps = augment_variant(
+                image,
+                mask,
+                p,
+                s,
+                seed=stable_seed(seed, image_id, k, "t"),
+                extra=[extra[n] for n in names],
+            )
         else:
             img, m = augment_variant(image, mask, p, s, seed=stable_seed(seed, image_id, k, "t"))
-        out.append({"k": k, "primary": p, "secondary": s, "image": img, "mask": m})
+        out.append(
+            {
+                "k": k,
+                "primary": p,
+                "secondary": s,
+                "image": img,
+                "mask": m,
+                **dict(zip(names, maps, strict=True)),
+            }
+        )
     return out
 
 
@@ -456,15 +495,19 @@ def augment_pair(
 class _BlockWriter:
     """Append samples to growing zarr arrays in chunk-aligned blocks."""
 
-    def __init__(self, images, masks, block: int):
+    def __init__(self, images, masks, block: int, extra: dict | None = None):
         self.images, self.masks, self.block = images, masks, block
+        self.extra = dict(extra or {})
         self.buf_img: list[np.ndarray] = []
         self.buf_mask: list[np.ndarray] = []
+        self.buf_extra: dict[str, list[np.ndarray]] = {k: [] for k in self.extra}
         self.n = 0
 
-    def add(self, image: np.ndarray, mask: np.ndarray) -> int:
+    def add(self, image: np.ndarray, mask: np.ndarray, extra: dict | None = None) -> int:
         self.buf_img.append(image)
         self.buf_mask.append(mask)
+        for k in self.extra:
+            self.buf_extra[k].append(extra[k])
         index = self.n + len(self.buf_img) - 1
         if len(self.buf_img) >= self.block:
             self.flush()
@@ -479,6 +522,10 @@ class _BlockWriter:
         self.masks.resize((stop, *self.masks.shape[1:]))
         self.images[start:stop] = np.stack(self.buf_img)
         self.masks[start:stop] = np.stack(self.buf_mask)
+        for k, arr in self.extra.items():
+            arr.resize((stop, *arr.shape[1:]))
+            arr[start:stop] = np.stack(self.buf_extra[k]).astype(arr.dtype)
+            self.buf_extra[k] = []
         self.n = stop
         self.buf_img, self.buf_mask = [], []
 
@@ -492,6 +539,23 @@ def _pair_field(pair: Mapping, key: str, index: int):
         ) from None
 
 
+def _label_field(pair: Mapping, key: str, index: int, size: int) -> np.ndarray:
+    """A pair's label map as uint16, padded like :func:`make_patches` pads the image."""
+    arr = np.asarray(_pair_field(pair, key, index))
+    shape = np.asarray(_pair_field(pair, "mask", index)).shape
+    if arr.shape != shape:
+        raise InputError(
+            str(pair.get("image_id")), f"{key} shape {arr.shape} != mask shape {shape}"
+        )
+    if arr.dtype.kind not in "iub" or (arr.size and (arr.min() < 0 or arr.max() > 65535)):
+        raise InputError(str(pair.get("image_id")), f"{key} must be integer labels in [0, 65535]")
+    h, w = shape
+    pad = ((0, max(0, size - h)), (0, max(0, size - w)))
+    if pad[0][1] or pad[1][1]:
+        arr = np.pad(arr, pad, mode="reflect")
+    return arr.astype(np.uint16)
+
+
 def build_training_store(
     pairs: Iterable[Mapping],
     out_zarr: str | os.PathLike,
@@ -503,6 +567,8 @@ def build_training_store(
     n_variants: int = 21,
     seed: int = 0,
     chunk_samples: int = 8,
+    with_labels: bool = False,
+    with_nuclei: bool = False,
 ) -> pd.DataFrame:
     """Tile, augment and store a training set.
 
@@ -531,6 +597,12 @@ def build_training_store(
         ``(seed, "<image_id>_r<row>_c<col>", k)``.
     chunk_samples : int
         Samples per zarr chunk.
+    with_labels, with_nuclei : bool
+        Also store the pairs' ``labels`` (instance labels) and ``nuclei`` (nucleus labels or
+        mask) as uint16 arrays ``labels`` / ``nuclei`` ``(N, H, W)``, cut and warped exactly
+        like the masks (nearest interpolation): the 3-class and border-weighted targets of
+        :mod:`brightseg.targets` are computed from them at training time.  Off, the store is
+        byte-identical to one written without these options.
 
     Returns
     -------
@@ -570,7 +642,20 @@ def build_training_store(
             fill_value=0,
             dimension_names=("sample", "y", "x"),
         )
-        writer = _BlockWriter(images, masks, block)
+        extra_names = [n for n, on in (("labels", with_labels), ("nuclei", with_nuclei)) if on]
+        extra_arrays = {
+            n: root.create_array(
+                name=n,
+                shape=(0, size, size),
+                chunks=(chunk_samples, size, size),
+                dtype="uint16",
+                compressors=[codec],
+                fill_value=0,
+                dimension_names=("sample", "y", "x"),
+            )
+            for n in extra_names
+        }
+        writer = _BlockWriter(images, masks, block, extra_arrays)
         for i, pair in enumerate(progress(pairs, desc="augment")):
             image_id = str(_pair_field(pair, "image_id", i))
             if image_id in seen:
@@ -598,8 +683,10 @@ def build_training_store(
             )
             if not patches:
                 log.warning("%s: no patch reaches min_foreground=%g", image_id, min_foreground)
+            full_maps = {n: _label_field(pair, n, i, size) for n in extra_names}
             for r, c, img_patch, mask_patch in patches:
                 base = f"{image_id}_r{r}_c{c}"
+                maps = {n: m[r : r + size, c : c + size] for n, m in full_maps.items()}
                 for v in augment_pair(
                     to_rgb_uint8(img_patch),
                     mask_patch,
@@ -607,8 +694,9 @@ def build_training_store(
                     seed=seed,
                     n_variants=n_variants,
                     planes=planes,
+                    extra=maps or None,
                 ):
-                    index = writer.add(v["image"], v["mask"])
+                    index = writer.add(v["image"], v["mask"], v)
                     rows.append(
                         {
                             "patch_id": f"{base}_v{v['k']:02d}",

@@ -543,6 +543,25 @@ def bench_instances_cmd(shape, n, repeats):
     click.echo(_kv_line(r))
 
 
+@bench.command("touching")
+@click.option("--out", "out", default=None, help="Working folder (default: a temporary one).")
+@click.option("--n-train", default=8, show_default=True)
+@click.option("--n-test", default=4, show_default=True)
+@click.option("--epochs", default=8, show_default=True)
+@click.option("--steps", default=20, show_default=True, help="Steps of 8 patches per epoch.")
+@click.option("--seed", default=0, show_default=True)
+def bench_touching_cmd(out, n_train, n_test, epochs, steps, seed):
+    """Binary vs border-weighted vs border3 vs nucleus3 models on touching cells: F1@0.5."""
+    from .bench.touching import bench_touching
+
+    r = bench_touching(
+        out, n_train=n_train, n_test=n_test, epochs=epochs, steps_per_epoch=steps, seed=seed
+    )
+    for k, v in r.items():
+        click.echo(f"{k:>24}: {v}")
+    click.echo(_kv_line(r))
+
+
 @bench.command("ensemble")
 @click.option("--n-images", default=4, show_default=True)
 @click.option("--shape", nargs=2, type=int, default=(1024, 1024), show_default=True)

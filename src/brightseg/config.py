@@ -197,7 +197,57 @@ def validate_config(config: Mapping, *, source: str | Sequence[str] = "") -> dic
     _check(config, schema, "", source)
     filled = _fill(config, schema, schema)
     _check(filled, schema, "", source)
+    check_targets(filled, source=source)
     return filled
+
+
+#: Target each ``instances.method`` needs from the models (None: any).
+METHOD_TARGET = {"distance": None, "interior": "border3", "log_seeds": "nucleus3"}
+
+
+def check_targets(config: Mapping, *, source: str = "") -> None:
+    """Cross-checks of ``models[].target``, the losses and ``instances.method`` (issue 16).
+
+    3-class targets (``border3``, ``nucleus3``) train with ``cce_dice`` and binary ones with
+    the other losses; every model of the ensemble has the same target (the members vote on
+    one kind of output, class by class); ``instances.method: interior`` needs ``border3``
+    models, ``log_seeds`` ``nucleus3`` models and ``instances.nucleus_diameter_um``.
+    """
+    models = list(config.get("models") or [])
+    targets = []
+    for i, m in enumerate(models):
+        target = m.get("target", "binary")
+        multi = target in ("border3", "nucleus3")
+        if multi != (m.get("loss") == "cce_dice"):
+            want = "cce_dice" if multi else "bce_dice or focal_dice_boundary"
+            raise InputError(
+                source or "config",
+                f"models[{i}]: target {target!r} cannot train with loss {m.get('loss')!r}; "
+                f"use {want}",
+            )
+        targets.append(target)
+    if len(set(targets)) > 1:
+        raise InputError(
+            source or "config",
+            f"models[] mix the targets {sorted(set(targets))}: the ensemble votes class by "
+            "class on one kind of output; give every models entry the same target",
+        )
+    inst = config.get("instances") or {}
+    method = inst.get("method", "distance")
+    need = METHOD_TARGET.get(method)
+    if need and targets and targets[0] != need:
+        raise InputError(
+            source or "config",
+            f"instances.method {method!r} needs models with target {need!r} (its seeds are "
+            f"the {'interior' if need == 'border3' else 'nucleus'} class), but the models' "
+            f"target is {targets[0]!r}",
+        )
+    if method == "log_seeds" and inst.get("nucleus_diameter_um") is None:
+        raise InputError(
+            source or "config",
+            "instances.method 'log_seeds' needs instances.nucleus_diameter_um (the expected "
+            "nucleus diameter in um: it sets the scale of the blob detector)",
+        )
 
 
 # --------------------------------------------------------------------------- typed blocks
@@ -340,6 +390,7 @@ class ModelSpec(Block):
     encoder_weights: str | None
     model_kwargs: dict
     loss_kwargs: dict
+    target: str
     #: Test-time augmentation of this model's checkpoints (None: ``inference.tta``); an
     #: inference setting, so the ``train`` rule's params leave it out.
     tta: bool | None = None
@@ -437,6 +488,9 @@ class InstancesConfig(Block):
     fill_holes: bool
     remove_border: bool
     use_prob: bool
+    method: str
+    interior_threshold: float
+    nucleus_diameter_um: float | None
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,11 @@ workflow's tiled, blended path), thresholded at the probability that maximises v
 Dice (:func:`brightseg.metrics.choose_threshold`, computed on the validation images' full
 predictions), split into instances with :func:`brightseg.instances.split_with_config` and
 scored: pixel Dice/precision/recall and instance F1 at IoU 0.5.
+
+Targets (issue 16): a ``border3`` model or a border-weighted loss is trained from the masks'
+instance labels (carried into the training store); a 3-class model is thresholded on its
+foreground probability ``1 - p(background)`` and its interior probability seeds
+``instances.method: interior``.  ``nucleus3`` needs nucleus labels, which mask folders lack.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from .errors import InputError
 from .illumination import correct_illumination, radius_to_px
 from .io import read_image
 from .metrics import choose_threshold, match_instances, pixel_metrics
+from .targets import foreground_probability, seed_probability
 
 log = logging.getLogger(__name__)
 
@@ -84,38 +90,46 @@ def _load(images: Path, masks: Path, cfg: dict, pixel_size_um: float) -> list[di
 
 
 def _predict(model, image: np.ndarray, inference: dict, tile: int) -> np.ndarray:
-    from .ensemble import make_predictor, predict_image
+    """Blended full-image prediction: ``(H, W)`` for a sigmoid model, ``(H, W, 3)`` softmax."""
+    from .ensemble import channel_predictors, make_predictor, predict_image
 
+    channels = int(model.output_shape[-1])
     pred = make_predictor(model, batch_size=int(inference["batch_size"]), tile=tile)
-    return predict_image(
+    out = predict_image(
         image,
-        [pred],
+        channel_predictors(pred, channels),
         tile=tile,
         overlap=int(inference["overlap"]),
         batch_size=int(inference["batch_size"]),
         tta=bool(inference["tta"]),
-    )[0]
+    )
+    return out[0] if channels == 1 else np.moveaxis(out, 0, -1)
 
 
 def _splitter(instances: dict, pixel_size_um: float):
-    """``split(fg, prob, settings=None)``: the config's watershed, with ``settings`` over it."""
+    """``split(fg, prob, settings=None, seed=None)``: the config's watershed (``settings``
+    over it; ``seed``: the interior / nucleus probability of a 3-class model)."""
     from .instances import split_with_config
 
     use_prob = bool(instances.get("use_prob", False))
 
-    def split(fg, prob, settings=None):
+    def split(fg, prob, settings=None, seed=None):
         cfg = {**instances, **(settings or {})}
-        return split_with_config(fg, pixel_size_um, cfg, prob=prob if use_prob else None)
+        return split_with_config(
+            fg, pixel_size_um, cfg, prob=prob if use_prob else None, seed_prob=seed
+        )
 
     return split
 
 
-def _tune_instances(split, probs: list, labels: list, threshold: float) -> dict:
+def _tune_instances(split, probs: list, seeds: list, labels: list, threshold: float) -> dict:
     """The watershed settings chosen on the validation images (see :mod:`brightseg.tuning`)."""
     from .tuning import choose_instance_settings
 
     masks = [(p > threshold).astype(np.uint8) for p in probs]
-    pick = choose_instance_settings(masks, labels, lambda i, st: split(masks[i], probs[i], st))
+    pick = choose_instance_settings(
+        masks, labels, lambda i, st: split(masks[i], probs[i], st, seed=seeds[i])
+    )
     return pick["settings"]
 
 
@@ -184,6 +198,10 @@ def run_cv(
         inference["tta"] = bool(spec["tta"])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    target = spec.get("target", "binary")
+    if target == "nucleus3":
+        raise InputError(cpath, "brightseg cv has no nucleus labels: target nucleus3 cannot run")
+    needs_labels = target != "binary" or "border_weight" in (spec.get("loss_kwargs") or {})
     data = _load(Path(images), Path(masks), cfg, pixel_size_um)
     fold_of = fold_assignment(len(data), folds, seed)
     if only is not None and not 0 <= only < folds:
@@ -204,6 +222,7 @@ def run_cv(
                 "modality": "phase",
                 "image": d["image"],
                 "mask": d["mask"],
+                "labels": d["labels"],
             }
             for d in train_items
         )
@@ -217,6 +236,7 @@ def run_cv(
             min_foreground=tr["min_foreground"],
             n_variants=tr["n_variants"],
             seed=seed + k,
+            with_labels=needs_labels,
         )
         split = apply_split(
             fdir / "manifest_all.parquet",
@@ -238,19 +258,24 @@ def run_cv(
         model = load_checkpoint(fdir / "model" / card["best_checkpoint"])
         tile = int(tr["patch_size"])
         val = [d for d in train_items if d["stem"] in val_stems] or train_items[:1]
-        val_probs = [_predict(model, d["image"], inference, tile) for d in val]
+        val_preds = [_predict(model, d["image"], inference, tile) for d in val]
+        val_probs = [foreground_probability(p) for p in val_preds]
+        val_seeds = [seed_probability(p, target) for p in val_preds]
+        del val_preds
         choice = choose_threshold(val_probs, [d["mask"] for d in val])
         thr = float(choice["threshold"])
         splitter = _splitter(cfg["instances"], pixel_size_um)
         tuned: dict = {}
         if tune_instances:
-            tuned = _tune_instances(splitter, val_probs, [d["labels"] for d in val], thr)
-        del val_probs
+            tuned = _tune_instances(splitter, val_probs, val_seeds, [d["labels"] for d in val], thr)
+        del val_probs, val_seeds
         for d in test_items:
-            prob = _predict(model, d["image"], inference, tile)
+            pred = _predict(model, d["image"], inference, tile)
+            prob = foreground_probability(pred)
             fg = (prob > thr).astype(np.uint8)
             px = pixel_metrics(fg, d["mask"])
-            inst = match_instances(splitter(fg, prob), d["labels"], thresholds=(0.5,))
+            seed = seed_probability(pred, target)
+            inst = match_instances(splitter(fg, prob, seed=seed), d["labels"], thresholds=(0.5,))
             row = {
                 "fold": k,
                 "image": d["stem"],
@@ -264,7 +289,7 @@ def run_cv(
             }
             if tune_instances:
                 tuned_inst = match_instances(
-                    splitter(fg, prob, tuned), d["labels"], thresholds=(0.5,)
+                    splitter(fg, prob, tuned, seed=seed), d["labels"], thresholds=(0.5,)
                 )
                 row["f1_50_tuned"] = tuned_inst["f1@0.5"]
                 row["n_pred_tuned"] = tuned_inst["n_pred"]

@@ -135,6 +135,8 @@ Predictor = Callable[[np.ndarray], Any]
 
 PROB_LABEL = "prob"
 MASK_LABEL = "mask"
+#: Label of a 3-class ensemble's seed-class probability (interior or nucleus), uint8.
+SEED_LABEL = "seed"
 SUMMARY_COLUMNS = [
     "image_id",
     "n_models",
@@ -196,6 +198,77 @@ def make_predictor(model: Any, batch_size: int = 8, tile: int = 256) -> Predicto
     predict.batch_size = batch_size  # type: ignore[attr-defined]
     predict.tile = tile  # type: ignore[attr-defined]
     return predict
+
+
+def channel_predictors(predictor: Predictor, channels: int) -> list[Predictor]:
+    """Split a multi-channel predictor into one single-channel predictor per channel.
+
+    The tiling pipeline blends and votes single-channel maps; a 3-class (softmax) model
+    enters it as 3 predictors, channel ``c`` returning ``(n, tile, tile, 1)``.  The model
+    runs once per batch: the first channel's call computes and keeps the output for the
+    same batch object, which the pipeline hands to every predictor in turn.
+
+    Parameters
+    ----------
+    predictor : callable
+        From :func:`make_predictor`; returns ``(n, tile, tile, channels)``.
+    channels : int
+
+    Returns
+    -------
+    list of callables
+    """
+    if channels == 1:
+        return [predictor]
+    cache: dict = {"batch": None, "out": None}
+
+    def view(c: int) -> Predictor:
+        def predict(batch):
+            if cache["batch"] is not batch:
+                out = np.asarray(predictor(batch), dtype=np.float32)
+                if out.ndim != 4 or out.shape[-1] != channels:
+                    raise ValueError(f"expected {channels} output channels, got {out.shape}")
+                cache["batch"], cache["out"] = batch, out
+            return cache["out"][..., c : c + 1]
+
+        return predict
+
+    return [view(c) for c in range(channels)]
+
+
+def class_views(predictor: Predictor, target: str) -> tuple[Predictor, Predictor | None]:
+    """Foreground and seed-class views of a model's predictor.
+
+    For a binary (sigmoid) model: the predictor itself and None.  For a 3-class softmax
+    model (``border3``, ``nucleus3``; :mod:`brightseg.targets`): a predictor of the
+    foreground probability ``1 - p_background`` and one of the seed class (interior or
+    nucleus), both ``(n, tile, tile, 1)``; the model runs once per batch (the foreground
+    view computes, the seed view reuses the output for the same batch object).  Every
+    consumer of single-channel probabilities (voting, thresholds, per-checkpoint scores)
+    works unchanged on the foreground view.
+    """
+    from .targets import SEED_CHANNEL
+
+    if target == "binary":
+        return predictor, None
+    channel = SEED_CHANNEL[target]
+    cache: dict = {"batch": None, "out": None}
+
+    def run(batch):
+        if cache["batch"] is not batch:
+            out = np.asarray(predictor(batch), dtype=np.float32)
+            if out.ndim != 4 or out.shape[-1] != 3:
+                raise ValueError(f"a {target} model must return 3 channels, got {out.shape}")
+            cache["batch"], cache["out"] = batch, out
+        return cache["out"]
+
+    def foreground(batch):
+        return np.clip(1.0 - run(batch)[..., 0:1], 0.0, 1.0)
+
+    def seed(batch):
+        return run(batch)[..., channel : channel + 1]
+
+    return foreground, seed
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -397,6 +470,18 @@ def tta_flags(tta: bool | Sequence[bool], n_models: int) -> list[bool]:
     if len(flags) != n_models:
         raise InputError("tta", f"{len(flags)} TTA flags for {n_models} models")
     return flags
+
+
+def _tta_with_seeds(tta: bool | Sequence[bool], n_models: int, n_seeds: int) -> bool | list[bool]:
+    """The TTA flags of the members followed by those of their seed-class views.
+
+    A 3-class ensemble predicts each member twice (foreground and seed class, in member
+    order: every member has the same target); each view takes its member's flag.
+    """
+    if isinstance(tta, bool | np.bool_ | int) or not n_seeds:
+        return tta
+    flags = tta_flags(tta, n_models)
+    return flags + flags[:n_seeds]
 
 
 def _tta_label(tta: bool | Sequence[bool]) -> bool | str:
@@ -692,6 +777,7 @@ def predict_plate(
     max_image_pixels: int | None = 2**26,
     desc: str = "predict",
     uncertainty: bool = False,
+    seed_predictors: Sequence[Predictor] | None = None,
 ) -> pd.DataFrame:
     """Predict every image of a plate store and write ``prob`` and ``mask`` labels.
 
@@ -719,6 +805,10 @@ def predict_plate(
         Progress label.
     uncertainty : bool
         Also write the ``variance`` and ``entropy`` labels (module docstring).
+    seed_predictors : sequence of callables, optional
+        3-class ensembles (:func:`class_views`): the seed-class view of each model; their
+        mean probability is written as the ``seed`` label (uint8, like ``prob``) for
+        ``instances.method: interior | log_seeds``.
 
     Returns
     -------
@@ -732,6 +822,8 @@ def predict_plate(
     """
     _check_vote(vote, threshold)
     predictors = list(predictors)
+    seeds = list(seed_predictors or [])
+    n_fg = len(predictors)
     ids = list(store.images["image_id"])
     rows: dict[Hashable, dict] = {}
 
@@ -758,17 +850,24 @@ def predict_plate(
         )
 
     def reduce(probs: np.ndarray) -> tuple[np.ndarray, ...]:
-        prob, mask = _vote(probs, vote, threshold)
-        if not uncertainty:
-            return to_uint8(prob), mask
-        variance, entropy = uncertainty_maps(probs)
-        return to_uint8(prob), mask, encode_variance(variance), encode_entropy(entropy)
+        prob, mask = _vote(probs[:n_fg], vote, threshold)
+        out = [to_uint8(prob), mask]
+        if uncertainty:  # of the members' foreground probabilities
+            variance, entropy = uncertainty_maps(probs[:n_fg])
+            out += [encode_variance(variance), encode_entropy(entropy)]
+        if seeds:
+            out.append(to_uint8(probs[n_fg:].mean(axis=0)))
+        return tuple(out)
 
     def on_result(image_id: Hashable, outputs: list[np.ndarray]) -> None:
         prob_u8, mask = outputs[:2]
+        if seeds:
+            store.create_label(image_id, SEED_LABEL, np.uint8)
+            store.write_label(image_id, SEED_LABEL, outputs[-1])
         store.create_label(image_id, PROB_LABEL, np.uint8)
         store.write_label(image_id, PROB_LABEL, prob_u8)
-        for name, arr in zip((VARIANCE_LABEL, ENTROPY_LABEL), outputs[2:], strict=False):
+        maps = outputs[2:4] if uncertainty else ()
+        for name, arr in zip((VARIANCE_LABEL, ENTROPY_LABEL), maps, strict=True):
             store.create_label(image_id, name, np.uint8)
             store.write_label(image_id, name, arr)
         store.create_label(image_id, MASK_LABEL, np.uint8)
@@ -779,11 +878,11 @@ def predict_plate(
     if todo:
         _run(
             ((image_id, _store_loader(store, image_id, max_image_pixels)) for image_id in todo),
-            predictors,
+            predictors + seeds,
             tile=tile,
             overlap=overlap,
             batch_size=batch_size,
-            tta=tta,
+            tta=_tta_with_seeds(tta, n_fg, len(seeds)),
             reduce=reduce,
             on_result=on_result,
             total=len(todo),
@@ -1009,7 +1108,25 @@ class Ensemble:
         ]
         self.tile = resolve_tile(models, self.inference.tile, str(source or "ensemble"))
         self.tta = _table_tta(self.table, self.inference.tta, str(source or "ensemble"))
-        self.predictors = [make_predictor(m, self.inference.batch_size, self.tile) for m in models]
+        from .models import model_target
+
+        targets = sorted({model_target(m) for m in models})
+        if len(targets) > 1:
+            raise InputError(
+                str(source or "ensemble"),
+                f"the checkpoints mix the targets {targets}; an ensemble votes on one kind of "
+                "output (give every models entry the same target)",
+            )
+        #: What the members predict: binary, border3 or nucleus3.
+        self.target = targets[0] if targets else "binary"
+        views = [
+            class_views(make_predictor(m, self.inference.batch_size, self.tile), self.target)
+            for m in models
+        ]
+        #: Foreground probability of each model (3-class models: 1 - background).
+        self.predictors = [fg for fg, _ in views]
+        #: Seed-class (interior / nucleus) probability of each 3-class model; else empty.
+        self.seed_predictors = [s for _, s in views if s is not None]
 
     @classmethod
     def load(cls, ensemble_tsv: str | os.PathLike, inference) -> Ensemble:
@@ -1049,18 +1166,28 @@ class Ensemble:
         h.update(json.dumps(settings, sort_keys=True).encode())
         return h.hexdigest()
 
-    def predict(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per-model probabilities (M, H, W), ensemble probability and ensemble mask."""
+    def predict(self, image: np.ndarray, *, with_seed: bool = False) -> tuple[np.ndarray, ...]:
+        """Per-model probabilities (M, H, W), ensemble probability and ensemble mask.
+
+        ``with_seed``: also the seed-class probability of each model, ``(M, H, W)`` (a
+        3-class ensemble; None for a binary one), as a fourth element; the ensemble's seed
+        map is its mean.
+        """
         inf = self.inference
-        probs = predict_image(
+        seeds = self.seed_predictors if with_seed else []
+        out = predict_image(
             image,
-            self.predictors,
+            self.predictors + seeds,
             tile=self.tile,
             overlap=inf.overlap,
             batch_size=inf.batch_size,
-            tta=self.tta,
+            tta=_tta_with_seeds(self.tta, len(self.predictors), len(seeds)),
         )
+        n = len(self.predictors)
+        probs = out[:n]
         prob, mask = _vote(probs, inf.vote, inf.threshold)
+        if with_seed:
+            return probs, prob, mask, (out[n:] if seeds else None)
         return probs, prob, mask
 
     def predict_plate(
@@ -1085,4 +1212,5 @@ class Ensemble:
             skip_existing=skip_existing,
             desc=desc,
             uncertainty=uncertainty,
+            seed_predictors=self.seed_predictors,
         )

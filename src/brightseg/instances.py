@@ -53,6 +53,12 @@ disks 1 µm/px, 30 %    0.826  0.775  0.671  0.596  0.509  0.374
 ellipses 1 µm/px       0.691  0.928  1.000  1.000  1.000  1.000
 =====================  =====  =====  =====  =====  =====  =====
 
+Seeds from a 3-class model instead of the distance transform (issue 16, ``instances.method``
+of :func:`split_with_config`): :func:`split_interior` seeds with the connected components of
+a cell-interior probability (``border3`` models), :func:`split_log_seeds` with the
+Laplacian-of-Gaussian blobs of a nucleus probability (``nucleus3`` models); both flood the
+foreground mask from their seeds and keep unseeded components whole.
+
 Touching cells want h small, elongated cells need h of at least one pixel (the
 ridge of a rasterised EDT dips by up to ~0.7 px), hence 0.5 µm but >= 1 px.
 Cells with rough outlines may need a larger h; pass ``h_um`` explicitly.
@@ -398,8 +404,188 @@ def _read_prob(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     raise InputError(path, f"unsupported probability dtype {prob.dtype}")
 
 
+def _seeded_watershed(fg: np.ndarray, markers: np.ndarray, landscape: np.ndarray) -> np.ndarray:
+    """Watershed of ``landscape`` from ``markers`` inside ``fg``; unseeded components kept.
+
+    A connected component of ``fg`` that holds no marker becomes one instance of its own
+    (a cell whose seed class stayed below threshold is not lost).
+    """
+    lab = watershed(landscape, markers=markers, mask=fg).astype(np.int64)
+    comp, n = ndi.label(fg)
+    if n:
+        seeded = np.zeros(n + 1, bool)
+        seeded[np.unique(comp[lab > 0])] = True
+        orphan = ~seeded[comp] & fg
+        if orphan.any():
+            extra, _ = ndi.label(orphan)
+            lab = np.where(orphan, extra + lab.max(), lab)
+    return lab
+
+
+def split_interior(
+    mask: np.ndarray,
+    interior_prob: np.ndarray,
+    *,
+    pixel_size_um: float = 1.0,
+    threshold: float = 0.5,
+    min_area_um2: float = DEFAULT_MIN_AREA_UM2,
+    max_area_um2: float | None = None,
+    fill_holes: bool = True,
+    remove_border: bool = False,
+) -> np.ndarray:
+    """Split a foreground mask with seeds from a cell-interior probability (``border3``).
+
+    Markers are the 4-connected components of ``interior_prob > threshold`` inside the mask
+    (the border class separates touching cells, so each cell keeps one interior blob); the
+    foreground is flooded from them on ``-interior_prob`` (cells meet where the interior
+    probability is lowest: on the predicted border).  A foreground component without a
+    marker stays one instance.  Then the area filters, hole filling and border removal of
+    :func:`split_instances`.
+
+    Parameters
+    ----------
+    mask : (H, W) array
+        Foreground (non-zero).
+    interior_prob : (H, W) float array in [0, 1]
+        Probability of the interior class.
+    pixel_size_um, min_area_um2, max_area_um2, fill_holes, remove_border
+        As in :func:`split_instances`.
+    threshold : float
+        Interior probability above which a pixel seeds a cell.
+
+    Returns
+    -------
+    ndarray of uint16 (uint32 above 65,535 cells)
+    """
+    mask = _check_2d(mask, "mask")
+    _check_parameters(pixel_size_um, None, min_area_um2, max_area_um2)
+    interior_prob = _check_seed_prob(interior_prob, mask.shape, "interior_prob")
+    if not 0.0 < threshold < 1.0:
+        raise InputError("interior_threshold", f"must lie in (0, 1), got {threshold!r}")
+    fg = mask != 0
+    markers, _ = ndi.label((interior_prob > threshold) & fg)
+    lab = _seeded_watershed(fg, markers, -interior_prob)
+    px_area = pixel_size_um**2
+    max_px = None if max_area_um2 is None else max_area_um2 / px_area
+    return _postprocess(lab, (min_area_um2 or 0.0) / px_area, max_px, remove_border, fill_holes)
+
+
+#: Minimum scale-normalised LoG response of a nucleus seed (a nucleus probability blob of
+#: the expected size responds with about 0.6 at its centre).
+LOG_MIN_RESPONSE = 0.1
+
+
+def log_seeds(prob: np.ndarray, sigma_px: float, *, mask: np.ndarray | None = None) -> np.ndarray:
+    """Laplacian-of-Gaussian blob centres of a nucleus probability map.
+
+    The response is ``-sigma^2 * LoG_sigma(prob)`` (scale-normalised, positive on bright
+    blobs); seeds are its local maxima at least ``sigma`` apart with a response above
+    :data:`LOG_MIN_RESPONSE`, inside ``mask`` when given.
+
+    Parameters
+    ----------
+    prob : (H, W) float array in [0, 1]
+    sigma_px : float
+        Gaussian scale in pixels: ``nucleus_diameter / (2 sqrt 2)`` (a disk of radius
+        ``sqrt(2) sigma`` gives the strongest response).
+    mask : (H, W) bool array, optional
+
+    Returns
+    -------
+    ndarray of int, shape (N, 2)
+        ``(row, col)`` of the seeds.
+    """
+    from skimage.feature import peak_local_max
+
+    if not np.isfinite(sigma_px) or sigma_px <= 0:
+        raise InputError("nucleus_diameter_um", f"LoG sigma must be positive, got {sigma_px!r}")
+    resp = -(sigma_px**2) * ndi.gaussian_laplace(np.asarray(prob, np.float64), sigma_px)
+    labels = None if mask is None else np.asarray(mask).astype(np.uint8)
+    return peak_local_max(
+        resp,
+        min_distance=max(1, int(round(sigma_px))),
+        threshold_abs=LOG_MIN_RESPONSE,
+        labels=labels,
+        exclude_border=False,
+    )
+
+
+def split_log_seeds(
+    mask: np.ndarray,
+    nucleus_prob: np.ndarray,
+    *,
+    nucleus_diameter_um: float,
+    pixel_size_um: float = 1.0,
+    min_area_um2: float = DEFAULT_MIN_AREA_UM2,
+    max_area_um2: float | None = None,
+    fill_holes: bool = True,
+    remove_border: bool = False,
+) -> np.ndarray:
+    """Split a foreground mask with one seed per nucleus (``nucleus3``).
+
+    Seeds are the LoG blobs of the nucleus probability (:func:`log_seeds`) at
+    ``sigma = nucleus_diameter_um / (2 sqrt 2) / pixel_size_um``; the foreground is flooded
+    from them on the negated distance transform of the mask (marker-controlled distance
+    watershed), so a cell with one nucleus stays whole however elongated it is and two
+    touching cells split between their nuclei.  Unseeded components stay one instance; then
+    the filters of :func:`split_instances`.
+
+    Parameters
+    ----------
+    mask : (H, W) array
+    nucleus_prob : (H, W) float array in [0, 1]
+    nucleus_diameter_um : float
+        Expected nucleus diameter.
+    pixel_size_um, min_area_um2, max_area_um2, fill_holes, remove_border
+        As in :func:`split_instances`.
+
+    Returns
+    -------
+    ndarray of uint16 (uint32 above 65,535 cells)
+    """
+    mask = _check_2d(mask, "mask")
+    _check_parameters(pixel_size_um, None, min_area_um2, max_area_um2)
+    try:
+        diameter = float(nucleus_diameter_um)
+    except (TypeError, ValueError):
+        diameter = float("nan")
+    if not np.isfinite(diameter) or diameter <= 0:
+        raise InputError(
+            "nucleus_diameter_um", f"must be a finite positive number, got {nucleus_diameter_um!r}"
+        )
+    nucleus_prob = _check_seed_prob(nucleus_prob, mask.shape, "nucleus_prob")
+    fg = mask != 0
+    sigma = diameter / (2.0 * np.sqrt(2.0)) / float(pixel_size_um)
+    pts = log_seeds(nucleus_prob, sigma, mask=fg)
+    markers = np.zeros(mask.shape, np.int64)
+    if len(pts):
+        markers[pts[:, 0], pts[:, 1]] = np.arange(1, len(pts) + 1)
+    dist = cv2.distanceTransform(fg.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    lab = _seeded_watershed(fg, markers, -dist)
+    px_area = pixel_size_um**2
+    max_px = None if max_area_um2 is None else max_area_um2 / px_area
+    return _postprocess(lab, (min_area_um2 or 0.0) / px_area, max_px, remove_border, fill_holes)
+
+
+def _check_seed_prob(prob, shape, name: str) -> np.ndarray:
+    if prob is None:
+        raise InputError(name, "missing: this instances.method needs a 3-class model's output")
+    prob = _check_2d(prob, name)
+    if prob.shape != tuple(shape):
+        raise InputError(name, f"shape {prob.shape} differs from the mask's {tuple(shape)}")
+    prob = prob.astype(np.float32)
+    if not np.all(np.isfinite(prob)):
+        raise InputError(name, "contains NaN or infinite values")
+    return np.clip(prob, 0.0, 1.0)
+
+
 def split_with_config(
-    mask: np.ndarray, pixel_size_um: float, instances, *, prob: np.ndarray | None = None
+    mask: np.ndarray,
+    pixel_size_um: float,
+    instances,
+    *,
+    prob: np.ndarray | None = None,
+    seed_prob: np.ndarray | None = None,
 ) -> np.ndarray:
     """:func:`split_instances` with the config's ``instances`` block.
 
@@ -415,9 +601,28 @@ def split_with_config(
     instances : InstancesConfig or mapping
         The ``instances`` block (``use_prob`` is the caller's business: pass ``prob``).
     prob : (H, W) float array in [0, 1], optional
-        Foreground probability (see :func:`split_instances`).
+        Foreground probability (see :func:`split_instances`; ``method: distance`` only).
+    seed_prob : (H, W) float array in [0, 1], optional
+        The seed class probability of a 3-class model: the interior (``method: interior``,
+        :func:`split_interior`) or the nucleus (``method: log_seeds``,
+        :func:`split_log_seeds`); required by those methods.
     """
     cfg = InstancesConfig.coerce(instances)
+    common = dict(
+        pixel_size_um=pixel_size_um,
+        min_area_um2=cfg.min_area_um2,
+        max_area_um2=cfg.max_area_um2,
+        fill_holes=cfg.fill_holes,
+        remove_border=cfg.remove_border,
+    )
+    if cfg.method == "interior":
+        return split_interior(mask, seed_prob, threshold=cfg.interior_threshold, **common)
+    if cfg.method == "log_seeds":
+        if cfg.nucleus_diameter_um is None:
+            raise InputError("instances.nucleus_diameter_um", "required by method log_seeds")
+        return split_log_seeds(
+            mask, seed_prob, nucleus_diameter_um=cfg.nucleus_diameter_um, **common
+        )
     return split_instances(
         mask,
         pixel_size_um=pixel_size_um,

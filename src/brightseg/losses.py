@@ -20,6 +20,16 @@ averaged over the image, Dice per image); the batch loss is the mean of that.
     padding, so image borders create no spurious edges.  It penalises
     predicted contours that are misplaced, blurred or missing.
 
+``cce_dice`` (3-class targets ``border3`` / ``nucleus3``, softmax outputs ``(B, H, W, 3)``)
+    ``mean_px(w * CCE) + (1 - mean(Dice_1, Dice_2))``: categorical cross-entropy
+    ``-sum_k y_k log p_k`` (``w = 1``, or the border weight map) plus the soft Dice of the two
+    foreground classes (interior and border, or cytoplasm and nucleus) averaged.
+
+Border weight (``loss_kwargs.border_weight: {w0: 10, sigma_px: 5}``, ``bce_dice`` and
+``cce_dice``): ``y_true`` carries the U-Net weight map of :func:`brightseg.targets.border_weight_map`
+as its last channel (the training reader appends it) and the pixel weight of the
+cross-entropy is that map instead of the class weights (which it contains as ``w_c``).
+
 Dice is the soft Dice ``(2 sum(y p) + s) / (sum(y) + sum(p) + s)`` per image
 with smoothing ``s = 1`` (an empty mask predicted empty scores 1).
 Probabilities are clipped to ``[1e-7, 1 - 1e-7]`` inside logarithms.
@@ -35,6 +45,10 @@ from .errors import InputError
 __all__ = [
     "LOSSES",
     "BCEDice",
+    "CCEDice",
+    "MULTICLASS_LOSSES",
+    "cce_dice_per_sample",
+    "check_model_target",
     "FocalDiceBoundary",
     "bce_dice",
     "bce_dice_per_sample",
@@ -68,12 +82,20 @@ def soft_dice_per_sample(y_true, y_pred, smooth: float = DICE_SMOOTH):
     return (2.0 * inter + smooth) / (denom + smooth)
 
 
-def bce_dice_per_sample(y_true, y_pred, *, fg_weight: float = 10.0, bg_weight: float = 1.0):
-    """Class-weighted BCE + (1 - soft Dice) per image, shape ``(B,)``."""
+def bce_dice_per_sample(
+    y_true, y_pred, *, fg_weight: float = 10.0, bg_weight: float = 1.0, weighted: bool = False
+):
+    """Class-weighted BCE + (1 - soft Dice) per image, shape ``(B,)``.
+
+    ``weighted``: ``y_true`` is ``(B, H, W, 2)``, mask and pixel weight map.
+    """
     y_true, y_pred = _prep(y_true, y_pred)
+    if weighted:
+        y_true, w = y_true[..., :1], y_true[..., 1:2]
     p = tf.clip_by_value(y_pred, EPS, 1.0 - EPS)
     bce = -(y_true * tf.math.log(p) + (1.0 - y_true) * tf.math.log(1.0 - p))
-    w = fg_weight * y_true + bg_weight * (1.0 - y_true)
+    if not weighted:
+        w = fg_weight * y_true + bg_weight * (1.0 - y_true)
     wbce = tf.reduce_mean(w * bce, axis=[1, 2, 3])
     return wbce + (1.0 - soft_dice_per_sample(y_true, y_pred))
 
@@ -105,24 +127,84 @@ def focal_dice_boundary_per_sample(
     return wf * focal + wd * dice_loss + wb * boundary
 
 
+def cce_dice_per_sample(y_true, y_pred, *, weighted: bool = False):
+    """(Weighted) categorical CE + (1 - mean soft Dice of classes 1, 2) per image, ``(B,)``.
+
+    ``y_true``: one-hot ``(B, H, W, 3)``, with ``weighted`` a 4th channel, the weight map.
+    """
+    y_true, y_pred = _prep(y_true, y_pred)
+    w = y_true[..., 3:4] if weighted else 1.0
+    y_true = y_true[..., :3]
+    p = tf.clip_by_value(y_pred, EPS, 1.0)
+    cce = -tf.reduce_sum(y_true * tf.math.log(p), axis=-1, keepdims=True)
+    wcce = tf.reduce_mean(w * cce, axis=[1, 2, 3])
+    dice = 0.5 * (
+        soft_dice_per_sample(y_true[..., 1:2], y_pred[..., 1:2])
+        + soft_dice_per_sample(y_true[..., 2:3], y_pred[..., 2:3])
+    )
+    return wcce + (1.0 - dice)
+
+
+def _check_border_weight(border_weight):
+    if border_weight is None:
+        return None
+    if not isinstance(border_weight, dict) or set(border_weight) - {"w0", "sigma_px"}:
+        raise TypeError(f"border_weight must be a mapping with w0, sigma_px, got {border_weight!r}")
+    w0, sigma = float(border_weight.get("w0", 10.0)), float(border_weight.get("sigma_px", 5.0))
+    if w0 < 0 or sigma <= 0:
+        raise TypeError(f"border_weight needs w0 >= 0 and sigma_px > 0, got {border_weight!r}")
+    return {"w0": w0, "sigma_px": sigma}
+
+
 @keras.saving.register_keras_serializable(package="brightseg")
 class BCEDice(keras.losses.Loss):
-    """Keras loss: class-weighted BCE (10:1) + (1 - soft Dice)."""
+    """Keras loss: class-weighted BCE (10:1) + (1 - soft Dice); optional border weight map."""
 
     def __init__(
-        self, fg_weight=10.0, bg_weight=1.0, reduction="sum_over_batch_size", name="bce_dice", **kw
+        self,
+        fg_weight=10.0,
+        bg_weight=1.0,
+        border_weight=None,
+        reduction="sum_over_batch_size",
+        name="bce_dice",
+        **kw,
     ):
         super().__init__(reduction=reduction, name=name, **kw)
         self.fg_weight = fg_weight
         self.bg_weight = bg_weight
+        self.border_weight = _check_border_weight(border_weight)
 
     def call(self, y_true, y_pred):
         return bce_dice_per_sample(
-            y_true, y_pred, fg_weight=self.fg_weight, bg_weight=self.bg_weight
+            y_true,
+            y_pred,
+            fg_weight=self.fg_weight,
+            bg_weight=self.bg_weight,
+            weighted=self.border_weight is not None,
         )
 
     def get_config(self):
-        return {**super().get_config(), "fg_weight": self.fg_weight, "bg_weight": self.bg_weight}
+        return {
+            **super().get_config(),
+            "fg_weight": self.fg_weight,
+            "bg_weight": self.bg_weight,
+            "border_weight": self.border_weight,
+        }
+
+
+@keras.saving.register_keras_serializable(package="brightseg")
+class CCEDice(keras.losses.Loss):
+    """Keras loss for 3-class softmax outputs: (weighted) CCE + (1 - mean class Dice)."""
+
+    def __init__(self, border_weight=None, reduction="sum_over_batch_size", name="cce_dice", **kw):
+        super().__init__(reduction=reduction, name=name, **kw)
+        self.border_weight = _check_border_weight(border_weight)
+
+    def call(self, y_true, y_pred):
+        return cce_dice_per_sample(y_true, y_pred, weighted=self.border_weight is not None)
+
+    def get_config(self):
+        return {**super().get_config(), "border_weight": self.border_weight}
 
 
 @keras.saving.register_keras_serializable(package="brightseg")
@@ -160,7 +242,24 @@ class FocalDiceBoundary(keras.losses.Loss):
 LOSSES: dict[str, type[keras.losses.Loss]] = {
     "bce_dice": BCEDice,
     "focal_dice_boundary": FocalDiceBoundary,
+    "cce_dice": CCEDice,
 }
+
+#: Losses of 3-class (softmax) targets; the others take the binary (sigmoid) target.
+MULTICLASS_LOSSES = ("cce_dice",)
+
+
+def check_model_target(target: str, loss: str, where: str = "models[]") -> None:
+    """Refuse a loss that does not fit the target (InputError naming both).
+
+    ``border3`` and ``nucleus3`` train with ``cce_dice``; ``binary`` with the others.
+    """
+    multi = target in ("border3", "nucleus3")
+    if multi != (loss in MULTICLASS_LOSSES):
+        want = list(MULTICLASS_LOSSES) if multi else sorted(set(LOSSES) - set(MULTICLASS_LOSSES))
+        raise InputError(
+            None, f"{where}: target {target!r} cannot train with loss {loss!r}; use one of {want}"
+        )
 
 
 def get_loss(

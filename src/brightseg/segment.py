@@ -131,9 +131,15 @@ def segment_images(
                 uncertain_mode=ill.uncertain_mode,
             )
         )
-        _, prob, mask = ens.predict(image)
+        seed = None
+        if inst.method == "distance":
+            _, prob, mask = ens.predict(image)
+        else:  # interior / log_seeds: the 3-class ensemble's seed-class maps too
+            _, prob, mask, seeds = ens.predict(image, with_seed=True)
+            if seeds is not None:
+                seed = to_uint8(seeds.mean(0)).astype("float32") / 255.0
         prob_q = to_uint8(prob).astype("float32") / 255.0 if inst.use_prob else None
-        labels = split_with_config(mask, float(px), inst, prob=prob_q)
+        labels = split_with_config(mask, float(px), inst, prob=prob_q, seed_prob=seed)
         stem = path.stem
         write_tiff(
             labels.astype(np.uint32 if labels.max() > 65535 else np.uint16),

@@ -58,7 +58,7 @@ from . import __version__
 from .config import ModelSpec, TrainingConfig
 from .errors import InputError
 from .io import atomic_path, write_text
-from .losses import LOSSES, get_loss
+from .losses import LOSSES, check_model_target, get_loss
 from .models import ARCHITECTURES, build_model, count_params, set_precision
 
 log = logging.getLogger(__name__)
@@ -105,8 +105,15 @@ class ConfusionMetric(keras.metrics.Metric):
         )
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        y_true = tf.reshape(tf.cast(y_true, tf.float32) > 0.5, [-1])
-        y_pred = tf.reshape(tf.cast(y_pred, tf.float32) >= self.threshold, [-1])
+        # foreground: the sigmoid channel, or 1 - background of a 3-class softmax; extra
+        # target channels (a border weight map) are ignored.
+        y_true, y_pred = tf.cast(y_true, tf.float32), tf.cast(y_pred, tf.float32)
+        if y_pred.shape.rank == 4 and y_pred.shape[-1] == 3:
+            y_true, y_pred = 1.0 - y_true[..., 0], 1.0 - y_pred[..., 0]
+        elif y_true.shape.rank == 4 and y_true.shape[-1] and y_true.shape[-1] > 1:
+            y_true = y_true[..., 0]
+        y_true = tf.reshape(y_true > 0.5, [-1])
+        y_pred = tf.reshape(y_pred >= self.threshold, [-1])
 
         def count(mask):
             return tf.reduce_sum(tf.cast(mask, tf.float64))
@@ -209,9 +216,28 @@ class PatchData:
         Load the arrays into RAM (``auto``: when they total at most
         ``memory_limit`` bytes).  Otherwise batches are read from zarr with
         sorted indices (chunk locality).
+    target : {"binary", "border3", "nucleus3"}
+        What :meth:`read` returns as ``y`` (see :func:`brightseg.targets.make_target`):
+        anything but a plain binary target needs the store's ``labels`` array
+        (``nucleus3`` also ``nuclei``).
+    border_weight : dict, optional
+        ``{"w0", "sigma_px"}``: append the U-Net border weight map as the last channel.
+    class_weights : (float, float)
+        ``w_c`` (background, foreground) of the weight map.
     """
 
-    def __init__(self, store, manifest, *, in_memory="auto", memory_limit: int = 2 << 30):
+    def __init__(
+        self,
+        store,
+        manifest,
+        *,
+        in_memory="auto",
+        memory_limit: int = 2 << 30,
+        target: str = "binary",
+        border_weight: dict | None = None,
+        class_weights: tuple[float, float] = (1.0, 1.0),
+    ):
+        from .targets import check_target, output_channels
 
         self.store = Path(store)
         self.manifest_path = Path(manifest)
@@ -234,16 +260,42 @@ class PatchData:
                 self.store, f"'masks' shape {masks.shape} does not match images {images.shape[:3]}"
             )
         self.shape = tuple(images.shape)
+        self.target = check_target(target)
+        self.border_weight = None if border_weight is None else dict(border_weight)
+        self.class_weights = tuple(float(v) for v in class_weights)
+        self.channels = output_channels(target) + (self.border_weight is not None)
+        needs = []
+        if target != "binary" or self.border_weight is not None:
+            needs.append("labels")
+        if target == "nucleus3":
+            needs.append("nuclei")
+        extra = {}
+        for name in needs:
+            if name not in group:
+                raise InputError(
+                    self.store,
+                    f"target {target!r}"
+                    + (" with a border weight" if self.border_weight else "")
+                    + f" needs the instance labels of every patch, but the store has no {name!r}"
+                    " array; rebuild it with the labels (build_training_store(with_labels=True"
+                    + (", with_nuclei=True" if name == "nuclei" else "")
+                    + "))",
+                )
+            extra[name] = group[name]
+            if extra[name].shape != masks.shape:
+                raise InputError(self.store, f"{name!r} shape {extra[name].shape} != {masks.shape}")
         self.df = self._read_manifest(self.manifest_path, self.shape[0])
-        nbytes = images.nbytes + masks.nbytes
+        nbytes = images.nbytes + masks.nbytes + sum(a.nbytes for a in extra.values())
         if in_memory == "auto":
             in_memory = nbytes <= memory_limit
         self.in_memory = bool(in_memory)
         if self.in_memory:
             log.info("loading %s into memory (%.1f MiB)", self.store, nbytes / 2**20)
             self.images, self.masks = images[...], masks[...]
+            self.extra = {k: a[...] for k, a in extra.items()}
         else:
             self.images, self.masks = images, masks
+            self.extra = extra
         self.train_index = self.df.loc[self.df["split"] == "train", "index"].to_numpy(np.int64)
         self.val_index = self.df.loc[self.df["split"] == "val", "index"].to_numpy(np.int64)
         fg = self.df.set_index("index")["foreground_fraction"]
@@ -282,30 +334,49 @@ class PatchData:
         """Load a batch: ``spec`` rows ``(index, y0, x0)``; crops ``size`` x ``size``.
 
         Returns float32 images in [0, 1] ``(B, size, size, 3)`` and float32
-        masks in {0, 1} ``(B, size, size, 1)``, in ``spec``'s order (the
-        store is read with sorted indices).
+        targets ``(B, size, size, C)`` in ``spec``'s order (the store is read with sorted
+        indices): the binary masks (C = 1), or with another ``target`` or a border weight
+        :func:`brightseg.targets.make_target` of each patch's instance labels.
         """
+        from .targets import make_target
+
         spec = np.asarray(spec, dtype=np.int64).reshape(-1, 3)
         idx = spec[:, 0]
         uniq, inverse = np.unique(idx, return_inverse=True)
         if self.in_memory:
             imgs, msks = self.images[uniq], self.masks[uniq]
+            ext = {k: a[uniq] for k, a in self.extra.items()}
         else:
             imgs, msks = self.images.oindex[uniq], self.masks.oindex[uniq]
+            ext = {k: a.oindex[uniq] for k, a in self.extra.items()}
         imgs, msks = imgs[inverse], msks[inverse]
+        ext = {k: a[inverse] for k, a in ext.items()}
         h, w = imgs.shape[1:3]
-        if size != h or size != w:
-            imgs = np.stack(
-                [
-                    im[y : y + size, x : x + size]
-                    for im, (y, x) in zip(imgs, spec[:, 1:], strict=True)
-                ]
+
+        def crop(arr):
+            if size == h and size == w:
+                return arr
+            return np.stack(
+                [a[y : y + size, x : x + size] for a, (y, x) in zip(arr, spec[:, 1:], strict=True)]
             )
-            msks = np.stack(
-                [m[y : y + size, x : x + size] for m, (y, x) in zip(msks, spec[:, 1:], strict=True)]
-            )
-        x = imgs.astype(np.float32) / np.float32(255.0)
-        y = (msks > 0).astype(np.float32)[..., None]
+
+        x = crop(imgs).astype(np.float32) / np.float32(255.0)
+        if "labels" not in ext:
+            return x, (crop(msks) > 0).astype(np.float32)[..., None]
+        labels = crop(ext["labels"])
+        nuclei = crop(ext["nuclei"]) if "nuclei" in ext else [None] * len(labels)
+        y = np.stack(
+            [
+                make_target(
+                    self.target,
+                    lab,
+                    nuclei=nuc,
+                    border_weight=self.border_weight,
+                    class_weights=self.class_weights,
+                )
+                for lab, nuc in zip(labels, nuclei, strict=True)
+            ]
+        )
         return x, y
 
 
@@ -460,7 +531,7 @@ def make_dataset(
             lambda s: data.read(s, size), [spec], [tf.float32, tf.float32], stateful=False
         )
         x.set_shape((None, size, size, 3))
-        y.set_shape((None, size, size, 1))
+        y.set_shape((None, size, size, getattr(data, "channels", 1)))
         return x, y
 
     if parallel:
@@ -779,6 +850,13 @@ def train_model(
     model_kwargs = dict(spec.model_kwargs)
     loss_kwargs = dict(spec.loss_kwargs)
     get_loss(loss, **loss_kwargs)  # bad loss_kwargs fail before any data is read
+    target = getattr(spec, "target", "binary")
+    check_model_target(target, loss)
+    border_weight = loss_kwargs.get("border_weight")
+    class_weights = (
+        float(loss_kwargs.get("bg_weight", 1.0)),
+        float(loss_kwargs.get("fg_weight", 10.0)),
+    )
     epochs, batch_size, lr = cfg.epochs, cfg.batch_size, cfg.learning_rate
     decay_steps, decay_rate, patience = cfg.decay_steps, cfg.decay_rate, cfg.patience
     deterministic, precision = cfg.deterministic, cfg.precision
@@ -809,13 +887,21 @@ def train_model(
         "mining_budget": cfg.mining_budget,
         "input_size": input_size,
         "model_kwargs": model_kwargs or {},
+        "target": target,
         "loss_kwargs": loss_kwargs,
         "mining_kwargs": mining_kwargs or {},
     }
     keras.utils.set_random_seed(seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
-    data = PatchData(store, manifest, in_memory=in_memory)
+    data = PatchData(
+        store,
+        manifest,
+        in_memory=in_memory,
+        target=target,
+        border_weight=border_weight,
+        class_weights=class_weights,
+    )
     size = input_size or data.patch_size
     if size > data.patch_size:
         raise InputError(store, f"input_size {size} exceeds the patch size {data.patch_size}")
@@ -830,7 +916,13 @@ def train_model(
     label = f"train {architecture}/{loss}"
 
     with _dtype_policy(precision) as policy:
-        model = build_model(architecture, (size, size, 3), encoder_weights, **(model_kwargs or {}))
+        model = build_model(
+            architecture,
+            (size, size, 3),
+            encoder_weights,
+            target=target,
+            **(model_kwargs or {}),
+        )
         total, trainable = count_params(model)
         log.info(
             "%s: %s params (%s trainable), %d train / %d val patches, %d steps/epoch, policy %s",

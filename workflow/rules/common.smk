@@ -155,6 +155,16 @@ if BUNDLE and CFG.models:
         len(CFG.models),
     )
 MODEL_SPECS = {(m.name, m.loss): m for m in CFG.models} if not BUNDLE else {}
+# 3-class targets and border weights (issue 16) train from instance labels, so augment
+# then stores them too (empty for binary models, whose augment params stay unchanged).
+AUGMENT_LABELS = (
+    {
+        "with_labels": True,
+        "with_nuclei": any(m.target == "nucleus3" for m in CFG.models),
+    }
+    if any(m.target != "binary" or "border_weight" in m.loss_kwargs for m in CFG.models)
+    else {}
+)
 if len(MODEL_SPECS) != len(CFG.models):
     raise WorkflowError(
         "brightseg: bad config: models: each (name, loss) pair must be unique"
@@ -198,6 +208,9 @@ TRAINING_PIXEL_SIZE = _train_px.pop() if len(_train_px) == 1 else None
 def model_spec(wildcards):
     spec = MODEL_SPECS[(wildcards.model, wildcards.loss)].as_dict()
     spec.pop("tta")  # an inference setting (select_checkpoints): no retraining
+    if spec["target"] == "binary":
+        # the default: a binary model's params stay as they were before targets existed
+        del spec["target"]
     return spec
 
 

@@ -21,7 +21,7 @@ rule augment:
         mem_mb=8000,
         runtime=2 * 60,
     params:
-        training=CFG.training.subset(CFG.training.AUGMENT_KEYS),
+        training=CFG.training.subset(CFG.training.AUGMENT_KEYS) | AUGMENT_LABELS,
         patch_sets=PATCH_SETS,
         seed=SEED,
     script:

@@ -59,6 +59,8 @@ __all__ = [
     "check_encoder_weights",
     "count_flops",
     "count_params",
+    "MULTICLASS_TARGETS",
+    "model_target",
     "cpu_supports_bf16",
     "densenet121_unet",
     "imagenet_weights_file",
@@ -105,6 +107,7 @@ def build_model(
     encoder_weights: str | os.PathLike = "none",
     *,
     freeze_encoder: bool | None = None,
+    target: str = "binary",
     **kwargs,
 ) -> keras.Model:
     """Build an architecture of :data:`ARCHITECTURES`.
@@ -122,6 +125,10 @@ def build_model(
         are loaded, trained when the encoder is randomly initialised
         (``encoder_weights="none"``, e.g. offline on a CPU): a frozen random encoder
         would only pass noise features to the decoder.
+    target : {"binary", "border3", "nucleus3"}
+        binary: the sigmoid foreground head (``mask``); a 3-class target replaces it by a
+        1x1 convolution to 3 channels and a softmax layer named after the target (float32),
+        so a checkpoint says what it predicts (:func:`model_target`).
     **kwargs
         Passed to the builder (e.g. ``norm="instance"``, ``base_filters=8``,
         ``allow_download=False``).
@@ -136,11 +143,29 @@ def build_model(
         if freeze_encoder is not None
         else os.fspath(encoder_weights or "none") != "none"
     )
+    if target in MULTICLASS_TARGETS:
+        features = model.get_layer("head_conv").input
+        x = keras.layers.Conv2D(3, 1, name="head_conv3")(features)
+        out = keras.layers.Activation("softmax", dtype="float32", name=target)(x)
+        model = keras.Model(model.inputs, out, name=f"{model.name}_{target}")
+    elif target != "binary":
+        raise InputError(None, f"unknown target {target!r}; expected binary, border3 or nucleus3")
     encoder = next((layer for layer in model.layers if layer.name == "encoder"), None)
     if encoder is not None and not freeze:
         encoder.trainable = True
         log.info("%s: no pretrained encoder weights, so the encoder is trained too", name)
     return model
+
+
+#: Targets with a 3-channel softmax head (the output layer is named after the target).
+MULTICLASS_TARGETS = ("border3", "nucleus3")
+
+
+def model_target(model: keras.Model) -> str:
+    """``binary``, ``border3`` or ``nucleus3``: what a built or loaded model predicts."""
+    layers = getattr(model, "layers", None)
+    name = layers[-1].name if layers else None
+    return name if name in MULTICLASS_TARGETS else "binary"
 
 
 def check_encoder_weights(

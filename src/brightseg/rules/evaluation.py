@@ -23,7 +23,7 @@ from ..annotations.livecell import (
     summary_table,
 )
 from ..bundle import load_ensemble
-from ..config import IlluminationConfig, StatsConfig
+from ..config import IlluminationConfig, InstancesConfig, StatsConfig
 from ..ensemble import Ensemble
 from ..errors import InputError
 from ..figures import overlay_counts, overlay_panel, save_figure, table_to_latex, table_to_markdown
@@ -51,9 +51,13 @@ def _items(
     extra: dict,
 ) -> Iterator[dict]:
     """Evaluation items of one image: every checkpoint alone, then the ensemble."""
-    probs, prob, mask = ens.predict(image)
+    seeds = None
+    if InstancesConfig.coerce(instances).method == "distance":
+        probs, prob, mask = ens.predict(image)
+    else:  # interior / log_seeds: the 3-class ensemble's seed-class maps too
+        probs, prob, mask, seeds = ens.predict(image, with_seed=True)
     truth = (truth_labels > 0).astype(np.uint8)
-    for name, p in zip(ens.names, probs, strict=True):
+    for i, (name, p) in enumerate(zip(ens.names, probs, strict=True)):
         m = (p > 0.5).astype(np.uint8)
         yield dict(
             extra,
@@ -61,7 +65,9 @@ def _items(
             pred=m,
             truth=truth,
             prob=p,
-            pred_labels=split_with_config(m, pixel_size_um, instances),
+            pred_labels=split_with_config(
+                m, pixel_size_um, instances, seed_prob=None if seeds is None else seeds[i]
+            ),
             true_labels=truth_labels,
         )
     yield dict(
@@ -70,7 +76,9 @@ def _items(
         pred=mask,
         truth=truth,
         prob=prob,
-        pred_labels=split_with_config(mask, pixel_size_um, instances),
+        pred_labels=split_with_config(
+            mask, pixel_size_um, instances, seed_prob=None if seeds is None else seeds.mean(0)
+        ),
         true_labels=truth_labels,
     )
 

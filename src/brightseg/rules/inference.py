@@ -18,6 +18,7 @@ import pandas as pd
 
 from ..bundle import load_ensemble
 from ..config import InferenceConfig, InstancesConfig, MorphometryConfig, QcConfig
+from ..ensemble import SEED_LABEL
 from ..errors import InputError
 from ..focus import display_plane
 from ..instances import split_with_config, write_cellpose_masks, write_imagej_rois
@@ -168,7 +169,17 @@ def split_instances(
                 if cfg.use_prob
                 else None
             )
-            labels = split_with_config(mask, pixel_size_um, cfg, prob=prob)
+            seed = None
+            if cfg.method != "distance":
+                if not pred.has_label(image_id, SEED_LABEL):
+                    raise InputError(
+                        predictions,
+                        f"instances.method {cfg.method!r} needs the seed-class probability of "
+                        f"a 3-class ensemble (label {SEED_LABEL!r}), but {image_id} has none: "
+                        "the models are binary",
+                    )
+                seed = pred.read_label(image_id, SEED_LABEL).astype("float32") / 255.0
+            labels = split_with_config(mask, pixel_size_um, cfg, prob=prob, seed_prob=seed)
             out.write_label(image_id, "cells", labels)
             rows.append({"image_id": image_id, "n_cells": int(labels.max())})
     write_text(pd.DataFrame(rows).to_csv(sep="\t", index=False), summary_out)

@@ -30,8 +30,13 @@ from ..split import apply_split, split_summary
 log = logging.getLogger(__name__)
 
 
-def _plate_training_pairs(stores: Sequence[str], manifests: Sequence[str]) -> Iterator[dict]:
-    """Yield the corrected image and annotation mask of every annotated training image."""
+def _plate_training_pairs(
+    stores: Sequence[str], manifests: Sequence[str], with_labels: bool = False
+) -> Iterator[dict]:
+    """Yield the corrected image and annotation mask of every annotated training image.
+
+    ``with_labels``: also its instance labels (``<stem>_labels.tif`` of the import).
+    """
     for store_path, manifest_path in zip(stores, manifests, strict=True):
         store = open_plate(store_path)
         ann = pd.read_parquet(manifest_path)
@@ -44,13 +49,16 @@ def _plate_training_pairs(stores: Sequence[str], manifests: Sequence[str]) -> It
                 )
                 continue
             mask = read_image(ann_dir / f"{row.stem}_mask.png")
-            yield {
+            pair = {
                 "image_id": row.stem,
                 "plate": store.plate,
                 "modality": store.modality,
                 "image": store.read(row.stem),
                 "mask": (mask > 0).astype("uint8"),
             }
+            if with_labels:
+                pair["labels"] = read_image(ann_dir / f"{row.stem}_labels.tif")
+            yield pair
 
 
 def augment(
@@ -72,15 +80,27 @@ def augment(
     after the plates' images.  A patch the size of ``patch_size`` is one tile (a larger
     one is tiled, a smaller one padded); its manifest rows get the image it was cut from as
     ``source_image``, the column the split groups by, so all patches of one source image
-    land on the same side of the split.
+    land on the same side of the split.  ``training`` may also hold ``with_labels`` (store
+    the instance labels for 3-class targets and border weights; patch sets, which have
+    binary masks only, get their connected components) and ``with_nuclei`` (nucleus3: the
+    workflow's annotations carry no nuclei, so this stops with an explanation).
     """
+    training = dict(training if isinstance(training, dict) else training.as_dict())
+    with_labels = bool(training.pop("with_labels", False))
+    if training.pop("with_nuclei", False):
+        raise InputError(
+            "models[].target",
+            "nucleus3 needs nucleus labels, which the workflow's annotations (CVAT/COCO, mask "
+            "folders) do not carry; train nucleus3 models from a patch store built with "
+            "brightseg.augment.build_training_store(with_nuclei=True)",
+        )
     cfg = TrainingConfig.coerce(training)
     patch_sets = resolve_patch_sets(patch_sets)
     groups: dict[str, str] = {}
-    pairs = itertools.chain(
-        _plate_training_pairs(stores, manifests),
-        patch_set_training_pairs(patch_sets, groups=groups),
-    )
+    set_pairs = patch_set_training_pairs(patch_sets, groups=groups)
+    if with_labels:
+        set_pairs = ({**p, "labels": _components(p["mask"])} for p in set_pairs)
+    pairs = itertools.chain(_plate_training_pairs(stores, manifests, with_labels), set_pairs)
     df = build_training_store(
         pairs,
         out_zarr,
@@ -90,6 +110,7 @@ def augment(
         min_foreground=cfg.min_foreground,
         n_variants=cfg.n_variants,
         seed=seed,
+        with_labels=with_labels,
     )
     if groups:
         df = group_by_source(df, groups)
@@ -104,6 +125,13 @@ def augment(
     log.info(
         "training store: %d samples from %d source images", len(df), df["source_image"].nunique()
     )
+
+
+def _components(mask):
+    """Connected components of a binary mask (instance labels of a patch set's patch)."""
+    from scipy import ndimage as ndi
+
+    return ndi.label(mask > 0)[0].astype("uint16")
 
 
 def split(
