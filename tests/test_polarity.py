@@ -217,3 +217,21 @@ def test_default_mode_is_auto():
 
     cfg = IlluminationConfig.from_dict({"radius": 40})
     assert cfg.mode == "auto" and cfg.uncertain_mode == "black"
+
+
+def test_segment_decides_once_for_all_its_images(tmp_path):
+    """`brightseg segment` takes one mode for its whole input, as the workflow does per plate
+    (a per-image decision could differ between the two paths for the same files)."""
+    import tifffile
+
+    from brightseg.config import IlluminationConfig
+    from brightseg.segment import _decide_mode
+
+    _plate_dir(tmp_path / "bright", invert=True)
+    files = sorted((tmp_path / "bright").glob("*.tif"))
+    ill = IlluminationConfig.from_dict({"radius": 20})
+    assert _decide_mode(files, ill, 20) == "white"
+    assert _decide_mode(files, ill.replace(mode="black"), 20) == "black"  # a fixed mode stays
+    flat = tmp_path / "flat.tif"
+    tifffile.imwrite(flat, np.full((64, 64), 1000, np.uint16))
+    assert _decide_mode([flat], ill.replace(uncertain_mode="white"), 20) == "white"

@@ -24,7 +24,7 @@ import pandas as pd
 from .bundle import load_ensemble, read_manifest
 from .config import IlluminationConfig, InferenceConfig, InstancesConfig
 from .errors import InputError
-from .illumination import correct_illumination, radius_to_px
+from .illumination import choose_polarity, correct_illumination, decide_polarity, radius_to_px
 from .instances import split_with_config
 from .io import IMAGE_SUFFIXES, read_image, write_parquet, write_png, write_text, write_tiff
 from .morphometry import contour_overlay, measure_cells
@@ -61,6 +61,26 @@ def expand_images(specs: Sequence[str | os.PathLike]) -> list[Path]:
     if not unique:
         raise InputError(specs[0] if specs else "IMAGES", "no images given")
     return unique
+
+
+def _decide_mode(files: Sequence[Path], ill: IlluminationConfig, radius_px: int) -> str:
+    """The top-hat mode for all ``files``: as the workflow decides one plate's (``auto``:
+    the polarity statistic over up to 8 evenly spaced images)."""
+    if ill.mode != "auto":
+        return ill.mode
+    idx = np.unique(np.linspace(0, len(files) - 1, min(8, len(files))).round().astype(int))
+    _, stat, _ = decide_polarity([read_image(files[i]) for i in idx], radius_px, method=ill.method)
+    mode, flag = choose_polarity("auto", stat, uncertain_mode=ill.uncertain_mode)
+    (log.warning if flag != "ok" else log.info)(
+        "polarity statistic %+.3f over %d images -> mode %s%s",
+        stat,
+        len(idx),
+        mode,
+        " (uncertain: illumination.uncertain_mode; check the overlays for inverted cells)"
+        if flag != "ok"
+        else "",
+    )
+    return mode
 
 
 def segment_images(
@@ -111,6 +131,7 @@ def segment_images(
         raise InputError(model, "the bundle records no pixel size: give --pixel-size-um")
     ill = IlluminationConfig.from_dict(pre["illumination"])
     radius_px = radius_to_px(ill.radius, ill.unit, float(px))
+    mode = _decide_mode(files, ill, radius_px)
     if isinstance(instances, InstancesConfig):
         instances = instances.as_dict()
     recorded = manifest.get("postprocessing", {}).get("instances", {})
@@ -125,10 +146,9 @@ def segment_images(
             correct_illumination(
                 raw,
                 radius_px,
-                mode=ill.mode,
+                mode=mode,
                 method=ill.method,
                 percentiles=tuple(ill.percentiles),
-                uncertain_mode=ill.uncertain_mode,
             )
         )
         seed = None
