@@ -274,8 +274,10 @@ def run_cv(
             prob = foreground_probability(pred)
             fg = (prob > thr).astype(np.uint8)
             px = pixel_metrics(fg, d["mask"])
-            seed = seed_probability(pred, target)
-            inst = match_instances(splitter(fg, prob, seed=seed), d["labels"], thresholds=(0.5,))
+            seed_map = seed_probability(pred, target)
+            inst = match_instances(
+                splitter(fg, prob, seed=seed_map), d["labels"], thresholds=(0.5,)
+            )
             row = {
                 "fold": k,
                 "image": d["stem"],
@@ -289,7 +291,7 @@ def run_cv(
             }
             if tune_instances:
                 tuned_inst = match_instances(
-                    splitter(fg, prob, tuned, seed=seed), d["labels"], thresholds=(0.5,)
+                    splitter(fg, prob, tuned, seed=seed_map), d["labels"], thresholds=(0.5,)
                 )
                 row["f1_50_tuned"] = tuned_inst["f1@0.5"]
                 row["n_pred_tuned"] = tuned_inst["n_pred"]

@@ -866,10 +866,10 @@ def predict_plate(
             store.write_label(image_id, SEED_LABEL, outputs[-1])
         store.create_label(image_id, PROB_LABEL, np.uint8)
         store.write_label(image_id, PROB_LABEL, prob_u8)
-        maps = outputs[2:4] if uncertainty else ()
-        for name, arr in zip((VARIANCE_LABEL, ENTROPY_LABEL), maps, strict=True):
-            store.create_label(image_id, name, np.uint8)
-            store.write_label(image_id, name, arr)
+        if uncertainty:  # outputs[2:4]; the seed map, if any, is last
+            for name, arr in zip((VARIANCE_LABEL, ENTROPY_LABEL), outputs[2:4], strict=True):
+                store.create_label(image_id, name, np.uint8)
+                store.write_label(image_id, name, arr)
         store.create_label(image_id, MASK_LABEL, np.uint8)
         store.write_label(image_id, MASK_LABEL, mask)  # last: marks the image complete
         rows[image_id] = row(image_id, np.count_nonzero(mask) / mask.size)
