@@ -12,5 +12,5 @@ with log_to(snakemake.log[0]):
         inference=dict(snakemake.params.inference),
         uncertainty=bool(snakemake.params.get("uncertainty", False)),
         student=snakemake.input.get("student") or None,
-        qc_images=snakemake.params.qc_images,
+        qc_images=int(snakemake.params.get("qc_images", 2)),
     )
