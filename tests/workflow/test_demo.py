@@ -8,6 +8,7 @@ import json
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from brightseg.morphometry import CELL_SCHEMA
 from brightseg.platestore import open_labels, open_plate
@@ -33,7 +34,11 @@ def test_plate_stores_hold_images_and_label_stores_every_label(demo_run):
         assert store.label_names() == []
         pred = open_labels(demo_run / f"results/predictions/{plate}.zarr", plate_path)
         inst = open_labels(demo_run / f"results/instances/{plate}.zarr", plate_path)
-        assert pred.label_names() == ["mask", "prob"] and inst.label_names() == ["cells"]
+        # qc.uncertainty (on in the demo) adds the ensemble's variance and vote entropy
+        qc = yaml.safe_load((demo_run / "config/config.yaml").read_text()).get("qc", {})
+        extra = ["entropy", "variance"] if qc.get("uncertainty") else []
+        assert pred.label_names() == sorted(["mask", "prob", *extra])
+        assert inst.label_names() == ["cells"]
         for image_id in store.images["image_id"]:
             img = store.read(image_id)
             assert img.dtype.kind == "f" and 0.0 <= img.min() and img.max() <= 1.0

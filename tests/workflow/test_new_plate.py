@@ -80,8 +80,14 @@ def test_new_unannotated_plate_runs_only_its_jobs(demo_copy):
     after = snapshot(work)
     old_plates = [k for k in before if any(f"demo{i}" in k for i in (1, 2, 3))]
     assert old_plates
-    changed = [k for k in old_plates if before[k] != after.get(k)]
+    # results/qc/review/ is one aggregate job's directory (the review of all plates, which a
+    # new plate may change), so Snakemake writes it anew: its old plates' files keep their
+    # bytes, not their mtimes. Every other output of an old plate is not touched at all.
+    review = [k for k in old_plates if k.startswith("results/qc/review/")]
+    changed = [k for k in old_plates if k not in review and before[k] != after.get(k)]
     assert changed == [], f"outputs of old plates were touched: {changed[:10]}"
+    rewritten = [k for k in review if k in after and before[k][0] != after[k][0]]
+    assert rewritten == [], f"review exports of old plates changed: {rewritten[:10]}"
     assert (work / "results/tables/demo4/cells.parquet").is_file()
     assert "Nothing to be done" in run_snakemake(work, "-n", "--cores", "2").stdout
 
