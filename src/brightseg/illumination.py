@@ -385,6 +385,36 @@ def choose_polarity(
     return configured, "ok"
 
 
+#: Images of a plate that :func:`plate_polarity` samples.
+POLARITY_SAMPLE = 8
+
+
+def plate_polarity(
+    n_images: int,
+    read,
+    radius_px: int,
+    configured: str,
+    *,
+    method: str = "fast",
+    uncertain_mode: str = "black",
+) -> tuple[str, float, str, int]:
+    """The top-hat mode of one plate (or one batch of images), decided as the workflow does.
+
+    :func:`decide_polarity` over up to :data:`POLARITY_SAMPLE` evenly spaced images
+    (``read(i)`` returns image ``i``, 2-D), then :func:`choose_polarity`.
+
+    Returns
+    -------
+    (str, float, str, int)
+        The mode used, the statistic, the flag and the number of images sampled.
+    """
+    k = min(POLARITY_SAMPLE, int(n_images))
+    idx = np.unique(np.linspace(0, n_images - 1, k).round().astype(int))
+    _, stat, _ = decide_polarity((read(int(i)) for i in idx), radius_px, method=method)
+    mode, flag = choose_polarity(configured, stat, uncertain_mode=uncertain_mode)
+    return mode, stat, flag, len(idx)
+
+
 def normalize_percentile(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
     """Stretch ``image`` so that its ``low``/``high`` percentiles map to 0/1, clipped.
 

@@ -24,7 +24,7 @@ import pandas as pd
 from .bundle import load_ensemble, read_manifest
 from .config import IlluminationConfig, InferenceConfig, InstancesConfig
 from .errors import InputError
-from .illumination import choose_polarity, correct_illumination, decide_polarity, radius_to_px
+from .illumination import correct_illumination, plate_polarity, radius_to_px
 from .instances import split_with_config
 from .io import IMAGE_SUFFIXES, read_image, write_parquet, write_png, write_text, write_tiff
 from .morphometry import contour_overlay, measure_cells
@@ -68,13 +68,18 @@ def _decide_mode(files: Sequence[Path], ill: IlluminationConfig, radius_px: int)
     the polarity statistic over up to 8 evenly spaced images)."""
     if ill.mode != "auto":
         return ill.mode
-    idx = np.unique(np.linspace(0, len(files) - 1, min(8, len(files))).round().astype(int))
-    _, stat, _ = decide_polarity([read_image(files[i]) for i in idx], radius_px, method=ill.method)
-    mode, flag = choose_polarity("auto", stat, uncertain_mode=ill.uncertain_mode)
+    mode, stat, flag, n_sampled = plate_polarity(
+        len(files),
+        lambda i: read_image(files[i]),
+        radius_px,
+        "auto",
+        method=ill.method,
+        uncertain_mode=ill.uncertain_mode,
+    )
     (log.warning if flag != "ok" else log.info)(
         "polarity statistic %+.3f over %d images -> mode %s%s",
         stat,
-        len(idx),
+        n_sampled,
         mode,
         " (uncertain: illumination.uncertain_mode; check the overlays for inverted cells)"
         if flag != "ok"

@@ -13,7 +13,7 @@ from ..annotations.maskfolder import import_mask_annotations
 from ..config import AnnotationsConfig, IlluminationConfig
 from ..errors import InputError
 from ..focus import Focus, annotations_to_images, read_planes
-from ..illumination import POLARITY_MARGIN, choose_polarity, decide_polarity, radius_to_px
+from ..illumination import POLARITY_MARGIN, plate_polarity, radius_to_px
 from ..illumination import correct_illumination as _correct
 from ..io import read_image, warn_low_bit_depth, write_text
 from ..limits import Limits
@@ -156,18 +156,24 @@ def correct_illumination(
 
     # The polarity statistic of every plate (up to 8 of its images): it decides `auto`
     # and catches a fixed mode that contradicts the images (cells would come out inverted).
-    idx = np.unique(np.linspace(0, len(table) - 1, min(8, len(table))).round().astype(int))
-    sample = [read(table.iloc[i]) for i in idx]
-    sample = [img if img.ndim == 2 else img[0] for img in sample]  # z-stacks: first plane
-    _, stat, _ = decide_polarity(sample, radius_px, method=cfg.method)
-    mode, flag = choose_polarity(cfg.mode, stat, uncertain_mode=cfg.uncertain_mode)
-    del sample
+    def read_2d(i: int) -> np.ndarray:
+        img = read(table.iloc[i])
+        return img if img.ndim == 2 else img[0]  # z-stacks: the first kept plane
+
+    mode, stat, flag, n_sampled = plate_polarity(
+        len(table),
+        read_2d,
+        radius_px,
+        cfg.mode,
+        method=cfg.method,
+        uncertain_mode=cfg.uncertain_mode,
+    )
     log.info(
         "plate %s: polarity statistic %+.3f (log white/black top-hat energy, %d images) -> "
         "mode %s (configured %s)",
         plate,
         stat,
-        len(idx),
+        n_sampled,
         mode,
         cfg.mode,
     )
