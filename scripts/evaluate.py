@@ -4,6 +4,7 @@ from pathlib import Path
 
 from brightseg.rules import log_to
 from brightseg.rules.evaluation import evaluate
+from brightseg.tuning import tuned_instances
 
 with log_to(snakemake.log[0]):
     evaluate(
@@ -17,5 +18,5 @@ with log_to(snakemake.log[0]):
         snakemake.output.ablation_md,
         str(Path(snakemake.output.overlay).with_suffix("")),
         inference=dict(snakemake.params.inference),
-        instances=dict(snakemake.params.instances),
+        instances=tuned_instances(snakemake.params.instances, snakemake.input.get("tuned")),
     )

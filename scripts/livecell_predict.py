@@ -2,6 +2,7 @@
 
 from brightseg.rules import log_to
 from brightseg.rules.evaluation import livecell_predict
+from brightseg.tuning import tuned_instances
 
 with log_to(snakemake.log[0]):
     livecell_predict(
@@ -10,7 +11,7 @@ with log_to(snakemake.log[0]):
         snakemake.output.per_image,
         snakemake.output.ap,
         inference=dict(snakemake.params.inference),
-        instances=dict(snakemake.params.instances),
+        instances=tuned_instances(snakemake.params.instances, snakemake.input.get("tuned")),
         illumination=dict(snakemake.params.illumination),
         pixel_size_um=float(snakemake.params.pixel_size_um),
     )

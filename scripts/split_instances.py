@@ -2,6 +2,7 @@
 
 from brightseg.rules import log_to
 from brightseg.rules.inference import split_instances
+from brightseg.tuning import tuned_instances
 
 with log_to(snakemake.log[0]):
     split_instances(
@@ -9,6 +10,6 @@ with log_to(snakemake.log[0]):
         snakemake.input.predictions,
         snakemake.output.labels,
         snakemake.output.summary,
-        instances=dict(snakemake.params.instances),
+        instances=tuned_instances(snakemake.params.instances, snakemake.input.get("tuned")),
         pixel_size_um=float(snakemake.params.pixel_size_um),
     )

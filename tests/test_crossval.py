@@ -73,6 +73,19 @@ def test_cv_two_folds_tiny(tmp_path):
     assert summary["folds_run"] == [1] and summary["folds"] == 2
     both = json.loads((out / "summary.json").read_text())
     assert both["folds_run"] == [0, 1]
+    # a working pixel size: trained on images resampled 96 -> 64 px (one 64 px patch per
+    # image and variant instead of 2 x 2), scored on the images' own grid
+    half = tmp_path / "scaled"
+    r2 = cv(half, "--folds", "2", "--fold", "0", "--working-pixel-size-um", "1.5")
+    assert r2.exit_code == 0, r2.output + repr(r2.exception)
+    store = pd.read_parquet(half / "fold_0" / "manifest_all.parquet")
+    native = pd.read_parquet(alone / "fold_1" / "manifest_all.parquet")
+    per_source = store.groupby("source_image").size()
+    assert (per_source == cfg["training"]["n_variants"]).all()
+    assert (native.groupby("source_image").size() == 4 * cfg["training"]["n_variants"]).all()
+    assert json.loads((half / "summary.json").read_text())["working_pixel_size_um"] == 1.5
+    scored = pd.read_csv(half / "per_image.tsv", sep="\t")
+    assert scored["dice"].between(0, 1).all() and len(scored) == 2
     bad = cv(tmp_path / "bad", "--folds", "2", "--fold", "2")
     assert bad.exit_code == 2 and "--fold must be in [0, 1]" in bad.output
 

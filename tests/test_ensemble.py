@@ -633,3 +633,53 @@ def test_ensemble_reads_per_model_tta_from_its_table(tmp_path):
     bad = table.assign(tta=["maybe", "", ""])
     with pytest.raises(InputError, match="tta column"):
         ensemble.Ensemble(bad, [model] * 3, inf)
+
+
+# --------------------------------------------------------------------------- working pixel size
+
+
+def _smooth(shape, seed=0):
+    from scipy import ndimage as ndi
+
+    img = ndi.gaussian_filter(np.random.default_rng(seed).random(shape), 6)
+    img = (img - img.min()) / (img.max() - img.min())
+    return img.astype(np.float32)
+
+
+def test_predict_image_at_a_working_scale_returns_the_native_grid():
+    img = _smooth((200, 180))
+    rec = Recorder()
+    out = predict_image(img, [rec], tile=64, overlap=16, batch_size=4, scale=0.5)
+    assert out.shape == (1, 200, 180) and out.dtype == np.float32
+    assert np.abs(out[0] - img).max() < 0.05  # identity model: down and up again
+    native = Recorder()
+    predict_image(img, [native], tile=64, overlap=16, batch_size=4)
+    # the models saw the 100 x 90 working image: 2 x 2 tiles instead of 4 x 4
+    assert sum(len(b) for b in rec.batches) < sum(len(b) for b in native.batches)
+    prob, mask = predict_image_voted(img, [identity], tile=64, overlap=16, scale=0.5)
+    assert prob.shape == mask.shape == (200, 180)
+
+
+def test_predict_plate_at_a_working_scale_writes_native_labels():
+    images = {"a": _smooth((150, 170), 1), "b": _smooth((96, 100), 2)}
+    kw = dict(tile=64, overlap=16, batch_size=4, threshold=0.5, uncertainty=True)
+    scaled, plain = FakeStore(images), FakeStore(images)
+    predict_plate(scaled, [identity, identity], scale=0.5, **kw)
+    predict_plate(plain, [identity, identity], **kw)
+    for image_id, img in images.items():
+        for name in ("prob", "mask", "variance", "entropy"):
+            assert scaled.labels[(image_id, name)].shape == img.shape
+        agree = scaled.labels[(image_id, "mask")] == plain.labels[(image_id, "mask")]
+        assert agree.mean() > 0.97
+
+
+def test_table_working_pixel_size():
+    from brightseg.ensemble import _table_working_pixel_size
+
+    table = pd.DataFrame({"path": ["a", "b"]})
+    assert _table_working_pixel_size(table, "t") is None
+    assert _table_working_pixel_size(table.assign(working_pixel_size_um=1.3), "t") == 1.3
+    with pytest.raises(InputError, match="different working pixel sizes"):
+        _table_working_pixel_size(table.assign(working_pixel_size_um=[1.3, 0.65]), "t")
+    with pytest.raises(InputError, match="different working pixel sizes"):
+        _table_working_pixel_size(table.assign(working_pixel_size_um=[1.3, None]), "t")

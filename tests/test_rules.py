@@ -414,7 +414,7 @@ class _FakeEnsemble:
     def load(cls, ensemble_tsv, inference):
         return cls()
 
-    def predict(self, image):
+    def predict(self, image, pixel_size_um=None):
         assert image.dtype == np.float32 and 0 <= image.min() and image.max() <= 1  # corrected
         pred = self.by_shape[image.shape]
         probs = np.stack([pred * 0.9, np.zeros(image.shape, np.float32)])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -140,6 +142,7 @@ def test_select_checkpoints_rule_writes_per_model_tta(tmp_path):
         )
         for e in (1, 2):
             (d / "checkpoints" / f"epoch_{e:02d}.keras").write_bytes(b"x")
+        (d / "card.json").write_text(json.dumps({"data": {}}))
         histories.append(str(d / "history.csv"))
     out = tmp_path / "ensemble.tsv"
     tta = {"fpn_resnet18/bce_dice": True, "unet_resnet18/bce_dice": False}
@@ -153,3 +156,14 @@ def test_select_checkpoints_rule_writes_per_model_tta(tmp_path):
     # no per-model setting: the table is what it always was
     select_rule(histories, str(out), ensemble={"top_k": 6}, tta={})
     assert list(pd.read_csv(out, sep="\t").columns) == ENSEMBLE_COLUMNS
+    # models trained at a working pixel size (their cards say so): a column for inference
+    for h in histories:
+        card = Path(h).parent / "card.json"
+        card.write_text(json.dumps({"data": {"working_pixel_size_um": 1.3}}))
+    select_rule(histories, str(out), ensemble={"top_k": 6}, tta={})
+    table = pd.read_csv(out, sep="\t")
+    assert list(table.columns) == [*ENSEMBLE_COLUMNS, "working_pixel_size_um"]
+    assert (table["working_pixel_size_um"] == 1.3).all()
+    Path(histories[0]).with_name("card.json").unlink()
+    with pytest.raises(InputError, match="card.json"):
+        select_rule(histories, str(out), ensemble={"top_k": 6}, tta={})

@@ -468,3 +468,36 @@ def test_paper_size_is_fast(tmp_path):
     per_image = (time.perf_counter() - t0) / 2
     assert per_image < 6.0  # ~1-2 s on one core; generous for a shared machine
     assert (df["n_cells"] >= 40).all()
+
+
+def test_eval_set_difficulty(tmp_path):
+    """Graded difficulty: image 0 (level 0) is the plain image, the last one is the hardest
+    (less cell contrast, defocused), and the level is in the table."""
+    kw = dict(n_images=3, shape=SMALL, seed=4)
+    plain = synth.synth_eval_set(tmp_path / "plain", **kw)
+    hard = synth.synth_eval_set(tmp_path / "hard", difficulty=(0.0, 1.0), **kw)
+    assert np.isnan(plain["difficulty"]).all()
+    assert hard["difficulty"].tolist() == [0.0, 0.5, 1.0]
+    first = [
+        tifffile.imread(p / "images" / "eval_000.tif")
+        for p in (tmp_path / "plain", tmp_path / "hard")
+    ]
+    np.testing.assert_array_equal(first[0], first[1])
+
+    def edge_contrast(i):
+        img = tifffile.imread(tmp_path / "hard" / "images" / f"eval_{i:03d}.tif").astype(float)
+        rel = img / ndi.gaussian_filter(img, 40)
+        return float(np.abs(ndi.sobel(ndi.gaussian_filter(rel, 1.0))).mean())
+
+    assert edge_contrast(2) < 0.7 * edge_contrast(0)
+    with pytest.raises(InputError, match="difficulty"):
+        synth.synth_eval_set(tmp_path / "bad", difficulty=(0.0, 1.5), **kw)
+
+
+def test_defocus_and_noise_keeps_dtype_and_level_zero():
+    img = np.full((32, 32), 1000, np.uint16)
+    img[8:16, 8:16] = 60000
+    rng = np.random.default_rng(0)
+    assert synth.defocus_and_noise(img, 0.0, rng) is img
+    out = synth.defocus_and_noise(img, 1.0, rng)
+    assert out.dtype == np.uint16 and out.max() < 60000 and out[12, 12] > 1000

@@ -102,8 +102,11 @@ def test_foreground_and_seed_probability():
 
 
 # --------------------------------------------------------------------------- config
-def _cfg(models, **instances):
-    return {"illumination": {"radius": 50}, "models": models, "instances": instances}
+def _cfg(models, annotations=None, **instances):
+    cfg = {"illumination": {"radius": 50}, "models": models, "instances": instances}
+    if annotations is not None:
+        cfg["annotations"] = annotations
+    return cfg
 
 
 def test_config_target_checks():
@@ -139,13 +142,17 @@ def test_config_target_checks():
         validate_config(
             _cfg([{"architecture": "small_unet", "loss": "bce_dice"}], method="interior")
         )
+    nucleus3 = [{"architecture": "small_unet", "loss": "cce_dice", "target": "nucleus3"}]
+    nuclei = {"labels": ["cell"], "nucleus_labels": ["nucleus"]}
     with pytest.raises(InputError, match="nucleus_diameter_um"):
-        validate_config(
-            _cfg(
-                [{"architecture": "small_unet", "loss": "cce_dice", "target": "nucleus3"}],
-                method="log_seeds",
-            )
-        )
+        validate_config(_cfg(nucleus3, annotations=nuclei, method="log_seeds"))
+    # nucleus3 trains on the nuclei of the CVAT/COCO exports: their label must be named
+    with pytest.raises(InputError, match="annotations.nucleus_labels"):
+        validate_config(_cfg(nucleus3, method="log_seeds", nucleus_diameter_um=8.0))
+    ok = validate_config(
+        _cfg(nucleus3, annotations=nuclei, method="log_seeds", nucleus_diameter_um=8.0)
+    )
+    assert ok["annotations"]["nucleus_labels"] == ["nucleus"]
     with pytest.raises(InputError):
         validate_config(_cfg([], method="watershed"))
 

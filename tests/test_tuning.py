@@ -54,3 +54,19 @@ def test_ties_keep_the_config_and_bad_inputs_raise():
         choose_instance_settings([], [], split)
     with pytest.raises(ValueError, match="empty grid"):
         choose_instance_settings([mask], [truth], split, grid={"h_um": []})
+
+
+def test_tuned_instances_merges_the_chosen_settings(tmp_path):
+    import json
+
+    from brightseg.errors import InputError
+    from brightseg.tuning import tuned_instances
+
+    cfg = {"h_um": None, "min_area_um2": 20.0, "tune": "none"}
+    assert tuned_instances(cfg, None) == cfg  # not tuned: the config as it is
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps({"settings": {"h_um": 2.0, "min_area_um2": 600.0}}))
+    tuned = {**cfg, "tune": "validation"}
+    assert tuned_instances(tuned, str(path)) == {"h_um": 2.0, "min_area_um2": 600.0, "tune": "none"}
+    with pytest.raises(InputError, match="choose_instances"):
+        tuned_instances(tuned, [])

@@ -569,6 +569,7 @@ def build_training_store(
     chunk_samples: int = 8,
     with_labels: bool = False,
     with_nuclei: bool = False,
+    working_pixel_size_um: float | None = None,
 ) -> pd.DataFrame:
     """Tile, augment and store a training set.
 
@@ -603,6 +604,10 @@ def build_training_store(
         like the masks (nearest interpolation): the 3-class and border-weighted targets of
         :mod:`brightseg.targets` are computed from them at training time.  Off, the store is
         byte-identical to one written without these options.
+    working_pixel_size_um : float, optional
+        Recorded as the store's attribute ``working_pixel_size_um``: the pairs are already
+        resampled to it (:func:`brightseg.scale.pair_to_working`); training copies it into
+        the model card, and inference resamples images to it.
 
     Returns
     -------
@@ -731,6 +736,11 @@ def build_training_store(
                 "n_samples": len(rows),
                 "n_source_images": len(seen),
                 **({"planes": max(plane_kinds)} if max(plane_kinds) > 1 else {}),
+                **(
+                    {"working_pixel_size_um": float(working_pixel_size_um)}
+                    if working_pixel_size_um is not None
+                    else {}
+                ),
             }
         )
     # the manifest is written last: it marks the store as complete
@@ -767,6 +777,22 @@ def open_training_store(path: str | os.PathLike):
         raise InputError(
             path, f"cannot open training store ({type(exc).__name__}: {exc})"
         ) from None
+
+
+def training_store_working_pixel_size(path: str | os.PathLike) -> float | None:
+    """The pixel size (um) the store's images were resampled to, or None (their own).
+
+    Recorded by :func:`build_training_store` (``working_pixel_size_um``); models trained on
+    the store see images at this pixel size (:mod:`brightseg.scale`).
+    """
+    try:
+        root = zarr.open_group(store=str(path), mode="r")
+        value = root.attrs.get("working_pixel_size_um")
+    except Exception as exc:  # noqa: BLE001 - corrupt store is bad input
+        raise InputError(
+            path, f"cannot open training store ({type(exc).__name__}: {exc})"
+        ) from None
+    return None if value is None else float(value)
 
 
 def training_store_planes(path: str | os.PathLike) -> int:

@@ -656,13 +656,30 @@ def bench_dag_cmd(n_plates, workdir):
 @click.option("--pixel-size-um", default=1.0, show_default=True, type=float)
 @click.option("--fold", "only", default=None, type=int, help="Run only this fold (0-based).")
 @click.option(
+    "--working-pixel-size-um",
+    default=None,
+    type=float,
+    help="Train and predict on images resampled to this pixel size (default: the images' own).",
+)
+@click.option(
     "--tune-instances/--no-tune-instances",
     default=True,
     show_default=True,
     help="Also choose instances.h_um / min_area_um2 on each fold's validation images.",
 )
 @_handle_errors
-def cv_cmd(images, masks, folds, config, minutes, out, pixel_size_um, only, tune_instances):
+def cv_cmd(
+    images,
+    masks,
+    folds,
+    config,
+    minutes,
+    out,
+    pixel_size_um,
+    only,
+    working_pixel_size_um,
+    tune_instances,
+):
     """k-fold cross-validation (grouped by image) of a training recipe on images + masks.
 
     Ends with ``dice= precision= recall= f1_50= [f1_50_tuned=] folds= minutes=`` (means over
@@ -682,6 +699,7 @@ def cv_cmd(images, masks, folds, config, minutes, out, pixel_size_um, only, tune
         pixel_size_um=pixel_size_um,
         only=only,
         tune_instances=tune_instances,
+        working_pixel_size_um=working_pixel_size_um,
     )
     click.echo(summary_line(s))
 

@@ -242,6 +242,16 @@ def check_targets(config: Mapping, *, source: str = "") -> None:
             f"the {'interior' if need == 'border3' else 'nucleus'} class), but the models' "
             f"target is {targets[0]!r}",
         )
+    if (
+        targets
+        and targets[0] == "nucleus3"
+        and not (config.get("annotations") or {}).get("nucleus_labels")
+    ):
+        raise InputError(
+            source or "config",
+            "models[] with target 'nucleus3' train on nucleus outlines: name their label in "
+            "the CVAT/COCO exports with annotations.nucleus_labels (e.g. [nucleus])",
+        )
     if method == "log_seeds" and inst.get("nucleus_diameter_um") is None:
         raise InputError(
             source or "config",
@@ -326,6 +336,7 @@ class AnnotationsConfig(Block):
     mask_threshold: float
     mask_suffix: str
     mask_mode: str
+    nucleus_labels: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -351,6 +362,7 @@ class TrainingConfig(Block):
     deterministic: bool
     mining_budget: int | None = None
     patch_sets: tuple = ()
+    working_pixel_size_um: float | None = None
 
     #: The keys that change the augmented training store (the ``augment`` rule's params).
     AUGMENT_KEYS: ClassVar[tuple[str, ...]] = (
@@ -491,6 +503,7 @@ class InstancesConfig(Block):
     method: str
     interior_threshold: float
     nucleus_diameter_um: float | None
+    tune: str = "none"
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from .errors import InputError
 from .illumination import correct_illumination, radius_to_px
 from .io import read_image
 from .metrics import choose_threshold, match_instances, pixel_metrics
+from .scale import pair_to_working, scale_factor
 from .targets import foreground_probability, seed_probability
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,9 @@ def fold_assignment(n: int, folds: int, seed: int) -> np.ndarray:
     return out
 
 
-def _load(images: Path, masks: Path, cfg: dict, pixel_size_um: float) -> list[dict]:
+def _load(
+    images: Path, masks: Path, cfg: dict, pixel_size_um: float, working: float | None = None
+) -> list[dict]:
     pairs, _ = match_files(images, masks, mask_suffix=cfg["annotations"]["mask_suffix"])
     ill = cfg["illumination"]
     radius = radius_to_px(ill["radius"], ill["unit"], pixel_size_um)
@@ -83,14 +86,17 @@ def _load(images: Path, masks: Path, cfg: dict, pixel_size_um: float) -> list[di
             from .annotations.maskfolder import mask_to_labels
 
             labels = mask_to_labels(mask)
-        out.append({"stem": stem, "image": corrected, "mask": mask, "labels": labels})
+        item = {"stem": stem, "image": corrected, "mask": mask, "labels": labels}
+        item["work"] = pair_to_working({**item, "pixel_size_um": pixel_size_um}, working)
+        out.append(item)
     if len(out) < 2:
         raise InputError(images, f"need at least 2 image/mask pairs, found {len(out)}")
     return out
 
 
-def _predict(model, image: np.ndarray, inference: dict, tile: int) -> np.ndarray:
-    """Blended full-image prediction: ``(H, W)`` for a sigmoid model, ``(H, W, 3)`` softmax."""
+def _predict(model, image: np.ndarray, inference: dict, tile: int, scale: float) -> np.ndarray:
+    """Blended full-image prediction (on the models' grid, resampled back by ``scale``):
+    ``(H, W)`` for a sigmoid model, ``(H, W, 3)`` softmax."""
     from .ensemble import channel_predictors, make_predictor, predict_image
 
     channels = int(model.output_shape[-1])
@@ -102,6 +108,7 @@ def _predict(model, image: np.ndarray, inference: dict, tile: int) -> np.ndarray
         overlap=int(inference["overlap"]),
         batch_size=int(inference["batch_size"]),
         tta=bool(inference["tta"]),
+        scale=scale,
     )
     return out[0] if channels == 1 else np.moveaxis(out, 0, -1)
 
@@ -144,6 +151,7 @@ def run_cv(
     pixel_size_um: float = 1.0,
     only: int | None = None,
     tune_instances: bool = True,
+    working_pixel_size_um: float | None = None,
 ) -> dict:
     """Cross-validate the recipe of ``config`` on paired image/mask folders.
 
@@ -170,6 +178,11 @@ def run_cv(
         Also choose the watershed settings (``instances.h_um``, ``min_area_um2``) on each
         fold's validation images (:func:`brightseg.tuning.choose_instance_settings`) and score
         the test images with them too (``f1_50_tuned``; ``f1_50`` keeps the config's).
+    working_pixel_size_um : float, optional
+        Train and predict with images resampled to this pixel size
+        (:mod:`brightseg.scale`); probabilities come back to the images' own grid, where
+        they are thresholded, split and scored.  ``None``: the config's
+        ``training.working_pixel_size_um`` (null: the images' own pixel size).
 
     Returns
     -------
@@ -189,6 +202,8 @@ def run_cv(
         raise InputError(cpath, "config file not found")
     raw_cfg = yaml.safe_load(cpath.read_text()) or {}
     raw_cfg.pop("plates", None)
+    if any((m or {}).get("target") == "nucleus3" for m in raw_cfg.get("models") or []):
+        raise InputError(cpath, "brightseg cv has no nucleus labels: target nucleus3 cannot run")
     cfg = validate_config(raw_cfg, source=str(cpath))
     seed = int(cfg.get("seed", 0))
     tr = dict(cfg["training"])
@@ -199,10 +214,11 @@ def run_cv(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     target = spec.get("target", "binary")
-    if target == "nucleus3":
-        raise InputError(cpath, "brightseg cv has no nucleus labels: target nucleus3 cannot run")
     needs_labels = target != "binary" or "border_weight" in (spec.get("loss_kwargs") or {})
-    data = _load(Path(images), Path(masks), cfg, pixel_size_um)
+    if working_pixel_size_um is None:
+        working_pixel_size_um = tr.get("working_pixel_size_um")
+    factor = scale_factor(pixel_size_um, working_pixel_size_um)
+    data = _load(Path(images), Path(masks), cfg, pixel_size_um, working_pixel_size_um)
     fold_of = fold_assignment(len(data), folds, seed)
     if only is not None and not 0 <= only < folds:
         raise InputError(None, f"--fold must be in [0, {folds - 1}], got {only}")
@@ -220,9 +236,9 @@ def run_cv(
                 "image_id": d["stem"],
                 "plate": "cv",
                 "modality": "phase",
-                "image": d["image"],
-                "mask": d["mask"],
-                "labels": d["labels"],
+                "image": d["work"]["image"],
+                "mask": d["work"]["mask"],
+                "labels": d["work"]["labels"],
             }
             for d in train_items
         )
@@ -237,6 +253,7 @@ def run_cv(
             n_variants=tr["n_variants"],
             seed=seed + k,
             with_labels=needs_labels,
+            working_pixel_size_um=working_pixel_size_um,
         )
         split = apply_split(
             fdir / "manifest_all.parquet",
@@ -258,7 +275,7 @@ def run_cv(
         model = load_checkpoint(fdir / "model" / card["best_checkpoint"])
         tile = int(tr["patch_size"])
         val = [d for d in train_items if d["stem"] in val_stems] or train_items[:1]
-        val_preds = [_predict(model, d["image"], inference, tile) for d in val]
+        val_preds = [_predict(model, d["image"], inference, tile, factor) for d in val]
         val_probs = [foreground_probability(p) for p in val_preds]
         val_seeds = [seed_probability(p, target) for p in val_preds]
         del val_preds
@@ -270,7 +287,7 @@ def run_cv(
             tuned = _tune_instances(splitter, val_probs, val_seeds, [d["labels"] for d in val], thr)
         del val_probs, val_seeds
         for d in test_items:
-            pred = _predict(model, d["image"], inference, tile)
+            pred = _predict(model, d["image"], inference, tile, factor)
             prob = foreground_probability(pred)
             fg = (prob > thr).astype(np.uint8)
             px = pixel_metrics(fg, d["mask"])
@@ -326,6 +343,8 @@ def run_cv(
         n_images=len(data),
         total_s=round(time.monotonic() - t0, 1),
         minutes_budget=minutes,
+        pixel_size_um=pixel_size_um,
+        working_pixel_size_um=working_pixel_size_um,
         config=str(cpath),
         per_fold=fold_rows,
     )

@@ -180,7 +180,12 @@ def ensemble_votes(
 
 
 def sample_tiles(
-    stores: Sequence[Any], n_tiles: int, size: int, *, seed: int
+    stores: Sequence[Any],
+    n_tiles: int,
+    size: int,
+    *,
+    seed: int,
+    working_pixel_size_um: float | None = None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Seeded ``size`` x ``size`` tiles of the images of plate stores (no annotations needed).
 
@@ -219,6 +224,11 @@ def sample_tiles(
         picks = rng.integers(0, len(ids), size=count)
         for image_index in sorted(set(picks.tolist())):
             image = np.asarray(store.read(ids[image_index]), dtype=np.float32)
+            if working_pixel_size_um is not None:  # the models' grid (brightseg.scale)
+                from .scale import resample_image, scale_factor, working_shape
+
+                factor = scale_factor(float(store.pixel_size_um), working_pixel_size_um)
+                image = resample_image(image, working_shape(image.shape, factor))
             pad = ((0, max(0, size - image.shape[0])), (0, max(0, size - image.shape[1])))
             if pad[0][1] or pad[1][1]:
                 image = np.pad(image, pad, mode="reflect")
@@ -435,7 +445,13 @@ def write_card(card: Mapping, path: str | os.PathLike) -> None:
 # --------------------------------------------------------------------------- inference
 
 
-def load_student(source: str | os.PathLike, inference, *, threshold: float):
+def load_student(
+    source: str | os.PathLike,
+    inference,
+    *,
+    threshold: float,
+    working_pixel_size_um: float | None = None,
+):
     """The student as a one-member :class:`brightseg.ensemble.Ensemble`.
 
     Parameters
@@ -447,6 +463,8 @@ def load_student(source: str | os.PathLike, inference, *, threshold: float):
         ``mean`` (of one member: the student's probability, which learnt the ensemble's
         vote) at ``threshold`` (the ensemble's).
     threshold : float
+    working_pixel_size_um : float, optional
+        The ensemble's (the student learnt from the same training store, on its grid).
 
     Returns
     -------
@@ -467,12 +485,19 @@ def load_student(source: str | os.PathLike, inference, *, threshold: float):
                     "(train one with ensemble.distill: true, or set it to false)",
                 )
             path = b.root / b.manifest["student"]["file"]
-            table = pd.DataFrame({"path": [str(path)]})
+            table = _student_table(path, working_pixel_size_um)
             student = Ensemble(table, [load_checkpoint(path)], inf, source=source)
             student.key  # noqa: B018 - hashed while the archive's files still exist
             return student
-    table = pd.DataFrame({"path": [str(source)]})
+    table = _student_table(source, working_pixel_size_um)
     return Ensemble(table, [load_checkpoint(source)], inf, source=source)
+
+
+def _student_table(path: str | os.PathLike, working_pixel_size_um: float | None) -> pd.DataFrame:
+    table = pd.DataFrame({"path": [str(path)]})
+    if working_pixel_size_um is not None:
+        table["working_pixel_size_um"] = float(working_pixel_size_um)
+    return table
 
 
 # --------------------------------------------------------------------------- the rule's work
@@ -559,7 +584,13 @@ def distill_ensemble(
 
     # 1. soft targets of the training patches and of the unlabelled plates' tiles
     log.info("soft targets: %d training patches, %d members", train_rows.size, len(ens.names))
-    tiles, tile_table = sample_tiles(unlabelled_stores, cfg.unlabelled_tiles, size, seed=seed)
+    tiles, tile_table = sample_tiles(
+        unlabelled_stores,
+        cfg.unlabelled_tiles,
+        size,
+        seed=seed,
+        working_pixel_size_um=ens.working_pixel_size_um,
+    )
     with atomic_path(out_targets, is_dir=True) as tmp:
         root = zarr.open_group(str(tmp), mode="w")
         chunk = (min(64, max(1, train_rows.size)), size, size)

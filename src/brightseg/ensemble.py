@@ -519,8 +519,15 @@ def _run(
     desc: str = "predict",
     prefetch: int = 1,
     stats: dict | None = None,
+    scale: float = 1.0,
 ) -> dict:
-    """Stream images through tiling, the predictors, blending, ``reduce`` and ``on_result``."""
+    """Stream images through tiling, the predictors, blending, ``reduce`` and ``on_result``.
+
+    ``scale`` != 1 (a working pixel size, :mod:`brightseg.scale`): each image is resampled
+    by ``scale`` before tiling, the models' blended maps are resampled back to the image's
+    own grid and ``reduce`` runs there (:func:`_native_outputs`), so ``on_result`` gets
+    outputs of the image's own shape.
+    """
     _check_tiling(tile, overlap)
     if int(batch_size) != batch_size or batch_size < 1:
         raise InputError("batch_size", f"batch size must be a positive integer, got {batch_size!r}")
@@ -548,10 +555,20 @@ def _run(
     q_write: queue.Queue = queue.Queue(maxsize=1)
     pipe = _Pipe()
 
+    rescale = float(scale) != 1.0
+    user_reduce = reduce
+    if rescale:  # keep the working-grid maps; reduce on the image's own grid at the end
+        reduce = _keep_probs
+
     def reader() -> None:
         for key, load in items:
             pipe.acquire(slots)
-            job = _Job(key, load(), tile, overlap)
+            source = load()
+            native = None
+            if rescale:
+                source, native = _to_working(source, float(scale))
+            job = _Job(key, source, tile, overlap)
+            job.native = native
             stats["n_read"] += 1
             stats["max_images_in_flight"] = max(
                 stats["max_images_in_flight"], stats["n_read"] - stats["n_written"]
@@ -613,7 +630,10 @@ def _run(
                 cur.flush(job.hp, reduce)
                 stats["live_accumulators"] -= 1
                 stats["n_images"] += 1
-                pipe.put(q_write, (job.key, cur.outputs))
+                outputs = cur.outputs
+                if rescale:
+                    outputs = _native_outputs(outputs[0], job.native, user_reduce)
+                pipe.put(q_write, (job.key, outputs))
                 cur = None
 
         while (item := pipe.get(q_results)) is not _END:
@@ -662,6 +682,41 @@ def _run(
     return stats
 
 
+def _keep_probs(probs: np.ndarray) -> tuple[np.ndarray, ...]:
+    return (probs,)
+
+
+def _to_working(source: Any, factor: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """An image (array or band-readable plane) resampled to the working grid, and its shape."""
+    from .scale import resample_image, working_shape
+
+    native = (int(source.shape[0]), int(source.shape[1]))
+    arr = np.asarray(source if isinstance(source, np.ndarray) else source[:, :], np.float32)
+    return resample_image(arr, working_shape(native, factor)), native
+
+
+def _native_outputs(
+    probs: np.ndarray, native: tuple[int, int], reduce: Callable, band: int = 512
+) -> list[np.ndarray]:
+    """Working-grid maps ``(M, h, w)`` resampled to ``native`` and reduced band by band.
+
+    Holds the ``M`` maps at the image's own size (float32) while it reduces them.
+    """
+    from .scale import resample_image
+
+    up = np.stack([resample_image(p, native) for p in probs])
+    outputs: list[np.ndarray] | None = None
+    for y0 in range(0, native[0], band):
+        y1 = min(y0 + band, native[0])
+        reduced = reduce(up[:, y0:y1])
+        if outputs is None:
+            outputs = [np.empty(r.shape[:-2] + tuple(native), r.dtype) for r in reduced]
+        for out, r in zip(outputs, reduced, strict=True):
+            out[..., y0:y1, :] = r
+    assert outputs is not None
+    return outputs
+
+
 # --------------------------------------------------------------------------- images
 
 
@@ -673,6 +728,7 @@ def predict_image(
     overlap: int = 32,
     batch_size: int = 8,
     tta: bool | Sequence[bool] = False,
+    scale: float = 1.0,
 ) -> np.ndarray:
     """Per-model blended probability maps of one image.
 
@@ -690,6 +746,9 @@ def predict_image(
     tta : bool or sequence of bool
         Average the 8 dihedral transforms per model: for every model, or one flag per
         model (see :func:`tta_flags`).
+    scale : float
+        Resampling factor to the models' working grid (:func:`brightseg.scale.scale_factor`);
+        the maps come back on the image's own grid.
 
     Returns
     -------
@@ -707,6 +766,7 @@ def predict_image(
         on_result=lambda key, outputs: result.append(outputs[0]),
         total=1,
         desc="predict image",
+        scale=scale,
     )
     return result[0]
 
@@ -721,6 +781,7 @@ def predict_image_voted(
     tta: bool | Sequence[bool] = False,
     vote: str = "mean",
     threshold: float = 0.5,
+    scale: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Streaming variant of :func:`predict_image` that votes band by band.
 
@@ -741,6 +802,7 @@ def predict_image_voted(
         on_result=lambda key, outputs: result.append(outputs),
         total=1,
         desc="predict image",
+        scale=scale,
     )
     prob, mask = result[0]
     return prob, mask
@@ -778,6 +840,7 @@ def predict_plate(
     desc: str = "predict",
     uncertainty: bool = False,
     seed_predictors: Sequence[Predictor] | None = None,
+    scale: float = 1.0,
 ) -> pd.DataFrame:
     """Predict every image of a plate store and write ``prob`` and ``mask`` labels.
 
@@ -809,6 +872,9 @@ def predict_plate(
         3-class ensembles (:func:`class_views`): the seed-class view of each model; their
         mean probability is written as the ``seed`` label (uint8, like ``prob``) for
         ``instances.method: interior | log_seeds``.
+    scale : float
+        Resampling factor to the models' working grid (see :func:`predict_image`); the
+        labels are written on the images' own grid.
 
     Returns
     -------
@@ -889,6 +955,7 @@ def predict_plate(
             desc=desc,
             prefetch=prefetch,
             stats=stats,
+            scale=scale,
         )
         log.info(
             "%s: %d images, %d tiles in %d batches, %.1f s (%.1f s in the models)",
@@ -1064,6 +1131,24 @@ def _table_tta(table: pd.DataFrame, default: bool, where: str) -> list[bool]:
     return flags
 
 
+def _table_working_pixel_size(table: pd.DataFrame, where: str) -> float | None:
+    """The one working pixel size of ``ensemble.tsv``'s optional column (None: absent)."""
+    if "working_pixel_size_um" not in table.columns:
+        return None
+    values = pd.to_numeric(table["working_pixel_size_um"], errors="coerce")
+    sizes = sorted({round(float(v), 6) for v in values.dropna()})
+    if len(sizes) > 1 or (sizes and values.isna().any()):
+        raise InputError(
+            where,
+            "the checkpoints were trained at different working pixel sizes "
+            f"({sorted({str(v) for v in table['working_pixel_size_um']})}); an ensemble votes "
+            "on one grid (give every model the same training.working_pixel_size_um)",
+        )
+    if sizes and sizes[0] <= 0:
+        raise InputError(where, f"working_pixel_size_um must be positive, got {sizes[0]}")
+    return sizes[0] if sizes else None
+
+
 def _file_sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -1108,6 +1193,11 @@ class Ensemble:
         ]
         self.tile = resolve_tile(models, self.inference.tile, str(source or "ensemble"))
         self.tta = _table_tta(self.table, self.inference.tta, str(source or "ensemble"))
+        #: The pixel size (um) the checkpoints were trained at (``working_pixel_size_um``
+        #: column of ``ensemble.tsv``), or None: images are predicted on their own grid.
+        self.working_pixel_size_um = _table_working_pixel_size(
+            self.table, str(source or "ensemble")
+        )
         from .models import model_target
 
         targets = sorted({model_target(m) for m in models})
@@ -1163,15 +1253,43 @@ class Ensemble:
         settings = dict(self.inference.as_dict(), tile=self.tile)
         if any(f != self.inference.tta for f in self.tta):
             settings["tta_per_model"] = self.tta
+        if self.working_pixel_size_um is not None:
+            settings["working_pixel_size_um"] = self.working_pixel_size_um
         h.update(json.dumps(settings, sort_keys=True).encode())
         return h.hexdigest()
 
-    def predict(self, image: np.ndarray, *, with_seed: bool = False) -> tuple[np.ndarray, ...]:
+    def scale_for(self, pixel_size_um: float | None) -> float:
+        """Resampling factor of an image of ``pixel_size_um`` to the checkpoints' grid.
+
+        1.0 without a working pixel size, or for ``pixel_size_um=None`` (an image already on
+        the working grid, such as a validation patch of the training store).
+        """
+        from .scale import scale_factor
+
+        if pixel_size_um is None or self.working_pixel_size_um is None:
+            return 1.0
+        return scale_factor(float(pixel_size_um), self.working_pixel_size_um)
+
+    def _store_pixel_size(self, store: Any) -> float | None:
+        px = getattr(store, "pixel_size_um", None)
+        if self.working_pixel_size_um is not None and px is None:
+            raise InputError(
+                str(store),
+                "the checkpoints work at a pixel size "
+                f"({self.working_pixel_size_um} um) but the store has none",
+            )
+        return px
+
+    def predict(
+        self, image: np.ndarray, *, with_seed: bool = False, pixel_size_um: float | None = None
+    ) -> tuple[np.ndarray, ...]:
         """Per-model probabilities (M, H, W), ensemble probability and ensemble mask.
 
         ``with_seed``: also the seed-class probability of each model, ``(M, H, W)`` (a
         3-class ensemble; None for a binary one), as a fourth element; the ensemble's seed
-        map is its mean.
+        map is its mean.  ``pixel_size_um``: the image's pixel size; with checkpoints
+        trained at a working pixel size the image is resampled to it and the maps back
+        (:meth:`scale_for`; None: the image is on the working grid already).
         """
         inf = self.inference
         seeds = self.seed_predictors if with_seed else []
@@ -1182,6 +1300,7 @@ class Ensemble:
             overlap=inf.overlap,
             batch_size=inf.batch_size,
             tta=_tta_with_seeds(self.tta, len(self.predictors), len(seeds)),
+            scale=self.scale_for(pixel_size_um),
         )
         n = len(self.predictors)
         probs = out[:n]
@@ -1198,7 +1317,8 @@ class Ensemble:
         desc: str = "predict",
         uncertainty: bool = False,
     ):
-        """:func:`predict_plate` with this ensemble's models and settings."""
+        """:func:`predict_plate` with this ensemble's models and settings (images resampled
+        to the working pixel size, if any, from the store's ``pixel_size_um``)."""
         inf = self.inference
         return predict_plate(
             store,
@@ -1213,4 +1333,5 @@ class Ensemble:
             desc=desc,
             uncertainty=uncertainty,
             seed_predictors=self.seed_predictors,
+            scale=self.scale_for(self._store_pixel_size(store)),
         )

@@ -257,8 +257,13 @@ def explain_images(
     layer: str | None = None,
     threshold: float = 0.5,
     pixel_size_um: float | None = None,
+    working_pixel_size_um: float | None = None,
 ) -> list[dict]:
     """Grad-CAM of every image for every model, written as figures and raw maps.
+
+    With ``working_pixel_size_um`` (models trained at a working pixel size,
+    :mod:`brightseg.scale`) each image is resampled to it from ``pixel_size_um`` for the
+    models, and the map and mask come back to the image's own grid.
 
     Writes ``<stem>_gradcam_<model>.png`` (:func:`gradcam_figure`) and
     ``<stem>_gradcam_<model>.npy`` (the float32 map in [0, 1]) into ``out_dir``.
@@ -278,12 +283,28 @@ def explain_images(
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     sized: dict[tuple, object] = {}  # each model rebuilt once per padded image size
+    from .scale import resample_image, scale_factor, working_shape
+
+    factor = 1.0
+    if working_pixel_size_um is not None:
+        if pixel_size_um is None:
+            raise InputError(
+                "explain", "the models work at a pixel size: the images' pixel size is needed"
+            )
+        factor = scale_factor(float(pixel_size_um), working_pixel_size_um)
     for image, stem in zip(images, stems, strict=True):
-        shape = _padded(np.asarray(image), PAD_MULTIPLE)[0].shape
+        image = np.asarray(image)
+        seen = image
+        if factor != 1.0:
+            seen = resample_image(image.astype(np.float32), working_shape(image.shape, factor))
+        shape = _padded(seen, PAD_MULTIPLE)[0].shape
         for i, (model, name) in enumerate(zip(models, names, strict=True)):
             if (i, shape) not in sized:
                 sized[(i, shape)] = with_input_size(model, shape)
-            cam, prob, used = gradcam(sized[(i, shape)], image, layer=layer, threshold=threshold)
+            cam, prob, used = gradcam(sized[(i, shape)], seen, layer=layer, threshold=threshold)
+            if factor != 1.0:
+                cam = resample_image(cam, image.shape[:2])
+                prob = resample_image(prob, image.shape[:2])
             mask = prob > threshold
             label = _model_label(name)
             png = out / f"{stem}_gradcam_{label}.png"
@@ -406,10 +427,25 @@ def explain_files(
         layer=layer,
         threshold=threshold,
         pixel_size_um=px,
+        working_pixel_size_um=voting_working_pixel_size(model),
     )
     table = pd.DataFrame(rows)
     write_text(table.to_csv(sep="\t", index=False), Path(out_dir) / "explain.tsv")
     return table
+
+
+def voting_working_pixel_size(source: str | os.PathLike) -> float | None:
+    """The working pixel size of an ``ensemble.tsv`` or a bundle's (None for one ``.keras``)."""
+    from .bundle import is_bundle, open_bundle
+    from .ensemble import _table_working_pixel_size, read_ensemble
+
+    source = Path(source)
+    if source.suffix == ".keras":
+        return None
+    if is_bundle(source):
+        with open_bundle(source) as bundle:
+            return _table_working_pixel_size(read_ensemble(bundle.ensemble_tsv), str(source))
+    return _table_working_pixel_size(read_ensemble(source), str(source))
 
 
 def load_voting_models(source: str | os.PathLike, *, with_files: bool = False) -> tuple:

@@ -158,9 +158,9 @@ def segment_images(
         )
         seed = None
         if inst.method == "distance":
-            _, prob, mask = ens.predict(image)
+            _, prob, mask = ens.predict(image, pixel_size_um=float(px))
         else:  # interior / log_seeds: the 3-class ensemble's seed-class maps too
-            _, prob, mask, seeds = ens.predict(image, with_seed=True)
+            _, prob, mask, seeds = ens.predict(image, with_seed=True, pixel_size_um=float(px))
             if seeds is not None:
                 seed = to_uint8(seeds.mean(0)).astype("float32") / 255.0
         prob_q = to_uint8(prob).astype("float32") / 255.0 if inst.use_prob else None

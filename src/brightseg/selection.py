@@ -166,12 +166,13 @@ def write_ensemble_tsv(df: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write the selected checkpoints as a tab-separated file, atomically.
 
     The columns are :data:`ENSEMBLE_COLUMNS`, then ``tta`` (per-model test-time
-    augmentation: ``true``, ``false`` or empty) when ``df`` has it.
+    augmentation: ``true``, ``false`` or empty) and ``working_pixel_size_um`` (the pixel
+    size the checkpoints were trained at, :mod:`brightseg.scale`) when ``df`` has them.
     """
     missing = set(ENSEMBLE_COLUMNS) - set(df.columns)
     if missing:
         raise InputError(path, f"ensemble table lacks columns {sorted(missing)}")
-    columns = ENSEMBLE_COLUMNS + (["tta"] if "tta" in df.columns else [])
+    columns = ENSEMBLE_COLUMNS + [c for c in ("tta", "working_pixel_size_um") if c in df.columns]
     write_text(df[columns].to_csv(sep="\t", index=False, float_format="%.6f"), path)
 
 

@@ -1216,27 +1216,45 @@ def synth_eval_set(
     modality: str = "brightfield",
     cells_per_image: tuple[int, int] = (15, 30),
     mean_radius_px: float = 18.0,
+    difficulty: tuple[float, float] | None = None,
 ) -> pd.DataFrame:
     """Write a held-out evaluation set: raw images and binary ground-truth masks.
 
     Files: ``out_dir/images/{stem}.tif`` (uint16 raw) and ``out_dir/masks/{stem}.png``
     (uint8, 0 background / 255 cell), with stems ``eval_000``, ``eval_001``, ...
 
+    Parameters
+    ----------
+    difficulty : (lo, hi), optional
+        Image ``i`` of ``n`` gets the level ``d = lo + (hi - lo) i / (n - 1)`` (see
+        :func:`degrade_scene_params` and :func:`defocus_and_noise`): contrast times
+        ``1 - 0.6 d``, touching probability ``0.35 + 0.45 d``, a Gaussian defocus of
+        ``2.5 d`` px and extra read noise; ``None``: every image at the defaults.
+
     Returns
     -------
     pandas.DataFrame
         stem, image, mask (paths relative to ``out_dir``), n_cells,
-        foreground_fraction, modality.
+        foreground_fraction, modality, difficulty (NaN without ``difficulty``).
     """
     h, w = _check_shape(shape)
     if int(n_images) < 1:
         raise InputError(None, "n_images must be >= 1")
+    if difficulty is not None:
+        lo, hi = (float(v) for v in difficulty)
+        if not (0.0 <= lo <= 1.0 and 0.0 <= hi <= 1.0):
+            raise InputError(None, f"difficulty levels must be in [0, 1], got {difficulty}")
     out_dir = Path(out_dir)
     rows = []
     for i in range(int(n_images)):
         stem = f"eval_{i:03d}"
         rng = _image_rng(seed, "eval", i)
         n_cells = int(rng.integers(cells_per_image[0], cells_per_image[1] + 1))
+        level = float("nan")
+        extra: dict = {}
+        if difficulty is not None:
+            level = lo + (hi - lo) * (i / (int(n_images) - 1) if int(n_images) > 1 else 0.0)
+            extra = degrade_scene_params(level)
         scene = render_scene(
             (h, w),
             n_cells,
@@ -1244,8 +1262,12 @@ def synth_eval_set(
             modality=modality,
             mean_radius_px=mean_radius_px,
             debris=int(rng.integers(3, 9)),
+            **extra,
         )
-        write_tiff(scene.image, out_dir / "images" / f"{stem}.tif")
+        image = scene.image
+        if difficulty is not None:
+            image = defocus_and_noise(image, level, _image_rng(seed, "eval-degrade", i))
+        write_tiff(image, out_dir / "images" / f"{stem}.tif")
         write_png(((scene.labels > 0) * 255).astype(np.uint8), out_dir / "masks" / f"{stem}.png")
         rows.append(
             {
@@ -1255,6 +1277,41 @@ def synth_eval_set(
                 "n_cells": len(scene.cells),
                 "foreground_fraction": float((scene.labels > 0).mean()),
                 "modality": modality,
+                "difficulty": level,
             }
         )
     return pd.DataFrame(rows)
+
+
+def degrade_scene_params(level: float) -> dict:
+    """:func:`render_scene` keywords of an image at difficulty ``level`` in [0, 1].
+
+    Lower contrast (``contrast = 1 - 0.6 level``) and more crowding (``touch_prob =
+    0.35 + 0.45 level``); level 0 gives the defaults.
+
+    Examples
+    --------
+    >>> degrade_scene_params(0.0)
+    {'contrast': 1.0, 'touch_prob': 0.35}
+    """
+    level = float(np.clip(level, 0.0, 1.0))
+    return {"contrast": 1.0 - 0.6 * level, "touch_prob": 0.35 + 0.45 * level}
+
+
+def defocus_and_noise(image: np.ndarray, level: float, rng: np.random.Generator) -> np.ndarray:
+    """A raw image defocused (Gaussian, sigma ``2.5 level`` px) with added read noise.
+
+    The noise has a standard deviation of ``level`` times 1 % of the image's median level,
+    drawn from ``rng``; the result keeps ``image``'s dtype (clipped to its range).
+    """
+    from scipy import ndimage as ndi
+
+    level = float(np.clip(level, 0.0, 1.0))
+    if level == 0.0:
+        return image
+    out = ndi.gaussian_filter(image.astype(np.float64), 2.5 * level)
+    out += rng.normal(0.0, 0.01 * level * float(np.median(image)), size=out.shape)
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return out.astype(image.dtype)

@@ -777,6 +777,14 @@ def _dtype_policy(policy: str):
         keras.mixed_precision.set_global_policy(old)
 
 
+def _working_pixel_size(store) -> dict:
+    """``{"working_pixel_size_um": w}`` of a training store that records one, else ``{}``."""
+    from .augment import training_store_working_pixel_size
+
+    value = training_store_working_pixel_size(store)
+    return {} if value is None else {"working_pixel_size_um": value}
+
+
 def train_model(
     store,
     manifest,
@@ -1000,6 +1008,7 @@ def train_model(
             "n_train": int(n_train),
             "n_val": int(data.val_index.size),
             "patch_size": data.patch_size,
+            **_working_pixel_size(store),
         },
         "versions": _versions(),
         "params": {"total": total, "trainable": trainable},

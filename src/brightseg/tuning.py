@@ -98,3 +98,42 @@ def choose_instance_settings(
         config_row["f1_50"],
     )
     return {**best, "f1_50_config": config_row["f1_50"], "table": table}
+
+
+#: Written beside ``ensemble.tsv`` by the ``choose_instances`` rule.
+INSTANCES_FILE = "instances.json"
+
+
+def tuned_instances(instances: Mapping[str, Any], tuned_json: str | None = None) -> dict:
+    """The ``instances`` block with the settings chosen on validation images merged in.
+
+    Parameters
+    ----------
+    instances : mapping
+        The config's ``instances`` block.
+    tuned_json : path, optional
+        ``results/models/instances.json`` of the ``choose_instances`` rule; required when
+        ``instances.tune`` is ``validation`` (and ignored otherwise).
+
+    Returns
+    -------
+    dict
+        ``instances`` with ``settings`` of the file over it and ``tune: none``.
+    """
+    import json
+    from pathlib import Path
+
+    from .errors import InputError
+
+    out = dict(instances)
+    if out.get("tune", "none") != "validation":
+        return out
+    if not tuned_json or not Path(tuned_json).is_file():
+        raise InputError(
+            tuned_json or INSTANCES_FILE,
+            "instances.tune is 'validation' but the chosen settings are missing (made by the "
+            "choose_instances rule next to ensemble.tsv)",
+        )
+    chosen = json.loads(Path(tuned_json).read_text())
+    # fixed numbers from here on (a bundle records them, and a predict-only run keeps them)
+    return {**out, **dict(chosen.get("settings", {})), "tune": "none"}

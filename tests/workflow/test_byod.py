@@ -32,7 +32,7 @@ def test_demo_evaluation_set_tables_and_figures(demo_run):
     ens = pd.read_csv(demo_run / "results/models/ensemble.tsv", sep="\t")
     assert len(checkpoints) == len(ens)  # every selected checkpoint alone
     images = sorted(set(per_image["image"]))
-    assert images == [f"eval_{i:03d}" for i in range(6)]
+    assert images == [f"eval_{i:03d}" for i in range(16)]  # config.yaml: demo.evalset
     assert set(per_image["metric"]) == {
         "dice", "iou", "ssim", "accuracy", "precision", "recall", "f1", "hausdorff", "hd95"
     }  # fmt: skip
@@ -51,7 +51,7 @@ def test_demo_evaluation_set_tables_and_figures(demo_run):
     paired = pd.read_parquet(tables / "paired.parquet")
     assert paired["baseline"].unique().tolist() == ["otsu"]
     assert {"f1", "dice", "iou", "hd95"} == set(paired["metric"])
-    assert paired["n"].eq(6).all() and paired["p_value"].notna().all()
+    assert paired["n"].eq(16).all() and paired["p_value"].notna().all()
     ahead = paired.set_index("metric")["mean_diff"]
     assert ahead["f1"] > 0 and ahead["dice"] > 0 and ahead["hd95"] < 0, ahead.to_dict()
     assert "| ensemble | otsu | f1 |" in (tables / "paired.md").read_text()

@@ -41,20 +41,29 @@ CHANGES = [
     # (config block, key, new value, rules that must rerun (others must not))
     # the bundle records the threshold and its members; threshold.json records the threshold
     # in force (validation -> 0.6: no stale chosen value is left beside the ensemble)
-    ("inference", "threshold", 0.6, INFERENCE_DOWNSTREAM | {"choose_threshold", "bundle"}),
+    # (instances.tune: validation - choose_instances splits the validation images' masks)
+    (
+        "inference",
+        "threshold",
+        0.6,
+        INFERENCE_DOWNSTREAM | {"choose_threshold", "choose_instances", "bundle"},
+    ),
     (
         "ensemble",
         "top_k",
         3,
-        INFERENCE_DOWNSTREAM | {"select_checkpoints", "choose_threshold", "bundle"},
+        INFERENCE_DOWNSTREAM
+        | {"select_checkpoints", "choose_threshold", "choose_instances", "bundle"},
     ),
     # the watershed does not change the predictions or the evaluation sets (pixel masks)
-    # (the bundle records the watershed settings as the defaults of predict-only runs)
+    # (the bundle records the watershed settings as the defaults of predict-only runs; the
+    # config's h_um is one point of the grid choose_instances tries)
     (
         "instances",
         "h_um",
         0.8,
-        INFERENCE_DOWNSTREAM - {"predict", "evalset_compare", "evalset_qc"} | {"bundle"},
+        INFERENCE_DOWNSTREAM - {"predict", "evalset_compare", "evalset_qc"}
+        | {"bundle", "choose_instances"},
     ),
 ]
 

@@ -165,6 +165,13 @@ AUGMENT_LABELS = (
     if any(m.target != "binary" or "border_weight" in m.loss_kwargs for m in CFG.models)
     else {}
 )
+# A working pixel size changes the training store (absent when null: the params stay as
+# they were before the option existed).
+AUGMENT_SCALE = (
+    {"working_pixel_size_um": CFG.training.working_pixel_size_um}
+    if CFG.training.working_pixel_size_um is not None
+    else {}
+)
 if len(MODEL_SPECS) != len(CFG.models):
     raise WorkflowError(
         "brightseg: bad config: models: each (name, loss) pair must be unique"
@@ -181,6 +188,31 @@ ENSEMBLE_ID = BUNDLE_SHA256 if BUNDLE else "trained"
 # configured number with its validation Dice; always made, so that a changed setting leaves
 # no stale file. A bundle records the number it was chosen as.
 THRESHOLD_JSON = [] if BUNDLE else "results/models/threshold.json"
+# instances.tune: validation - the watershed settings chosen on the validation plate images
+# (rule choose_instances, beside ensemble.tsv), an input of every rule that splits cells. A
+# bundle records the settings its run chose.
+TUNE_INSTANCES = CFG.instances.tune == "validation"
+if TUNE_INSTANCES and BUNDLE:
+    raise WorkflowError(
+        "brightseg: bad config: instances.tune is 'validation', which chooses the watershed "
+        f"settings on a training run's validation images; the model bundle {BUNDLE} records "
+        "the settings its run used: remove instances.tune (or set it to none)"
+    )
+INSTANCES_JSON = "results/models/instances.json" if TUNE_INSTANCES else []
+# The annotations block as rule params, nucleus_labels left out when null (results made
+# before the option existed keep their params).
+ANNOTATIONS_PARAMS = {
+    k: v
+    for k, v in CFG.annotations.as_dict().items()
+    if not (k == "nucleus_labels" and v is None)
+}
+# The instances block as rule params; tune left out at its default (none), so that results
+# made before the option existed keep their params.
+INSTANCES_PARAMS = {
+    k: v
+    for k, v in CFG.instances.as_dict().items()
+    if not (k == "tune" and v == "none")
+}
 # Distillation (ensemble.distill): one small student, trained on the ensemble's soft votes
 # (rule distill), predicts the plates; the ensemble stays for QC and the evaluation sets. A
 # predict-only run uses the bundle's student (a bundle without one stops the run here).

@@ -5,6 +5,7 @@ rule evaluate:
     input:
         ensemble=ENSEMBLE_SOURCE,
         threshold=THRESHOLD_JSON,
+        tuned=INSTANCES_JSON,
         training="results/training/manifest.parquet",
         stores=expand("results/plates/{plate}.ome.zarr", plate=ANNOTATED),
         annotations=expand(
@@ -45,7 +46,7 @@ rule evaluate:
         annotations={p: f"results/annotations/{p}/manifest.parquet" for p in ANNOTATED},
         training_plates=TRAINING,
         inference=CFG.inference.as_dict(),
-        instances=CFG.instances.as_dict(),
+        instances=INSTANCES_PARAMS,
     script:
         "../../scripts/evaluate.py"
 
@@ -96,6 +97,7 @@ rule livecell_predict:
     input:
         ensemble=ENSEMBLE_SOURCE,
         threshold=THRESHOLD_JSON,
+        tuned=INSTANCES_JSON,
         index="results/livecell/index.parquet",
     output:
         per_image="results/tables/livecell/per_image.parquet",
@@ -113,7 +115,7 @@ rule livecell_predict:
         runtime=4 * 60,
     params:
         inference=CFG.inference.as_dict(),
-        instances=CFG.instances.as_dict(),
+        instances=INSTANCES_PARAMS,
         illumination=CFG.illumination.as_dict(),
         pixel_size_um=LIVECELL.pixel_size_um,
     script:

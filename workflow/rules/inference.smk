@@ -34,6 +34,7 @@ rule split_instances:
     input:
         store="results/plates/{plate}.ome.zarr",
         predictions="results/predictions/{plate}.zarr",
+        tuned=INSTANCES_JSON,
     output:
         labels=directory("results/instances/{plate}.zarr"),
         summary="results/instances/{plate}.tsv",
@@ -44,7 +45,7 @@ rule split_instances:
     conda:
         "../../envs/imaging.yaml"
     params:
-        instances=CFG.instances.as_dict(),
+        instances=INSTANCES_PARAMS,
         pixel_size_um=plate_param("pixel_size_um"),
     script:
         "../../scripts/split_instances.py"

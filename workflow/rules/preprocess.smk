@@ -16,7 +16,7 @@ rule import_annotations:
         "../../envs/imaging.yaml"
     params:
         images=plate_param("images"),
-        annotations=CFG.annotations.as_dict(),
+        annotations=ANNOTATIONS_PARAMS,
         focus=plate_focus,
         on_bad_input=ON_BAD_INPUT,
         limits=CFG["limits"],

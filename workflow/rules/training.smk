@@ -21,7 +21,9 @@ rule augment:
         mem_mb=8000,
         runtime=2 * 60,
     params:
-        training=CFG.training.subset(CFG.training.AUGMENT_KEYS) | AUGMENT_LABELS,
+        training=CFG.training.subset(CFG.training.AUGMENT_KEYS)
+        | AUGMENT_LABELS
+        | AUGMENT_SCALE,
         patch_sets=PATCH_SETS,
         seed=SEED,
     script:
@@ -101,6 +103,7 @@ rule train:
 rule select_checkpoints:
     input:
         histories=run_outputs("history.csv"),
+        cards=run_outputs("card.json"),
         checkpoints=run_outputs("checkpoints"),
     output:
         report(
@@ -139,6 +142,38 @@ rule choose_threshold:
         ),
     script:
         "../../scripts/choose_threshold.py"
+
+
+rule choose_instances:
+    input:
+        ensemble="results/models/ensemble.tsv",
+        threshold=THRESHOLD_JSON,
+        checkpoints=run_outputs("checkpoints"),
+        manifest="results/training/manifest.parquet",
+        stores=expand("results/plates/{plate}.ome.zarr", plate=TRAINING),
+        annotations=expand(
+            "results/annotations/{plate}/manifest.parquet", plate=TRAINING
+        ),
+    output:
+        "results/models/instances.json",
+    log:
+        "logs/choose_instances.log",
+    benchmark:
+        "benchmarks/choose_instances.tsv"
+    conda:
+        "../../envs/tensorflow.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=2 * 60,
+    params:
+        stores={p: f"results/plates/{p}.ome.zarr" for p in TRAINING},
+        annotations={p: f"results/annotations/{p}/manifest.parquet" for p in TRAINING},
+        inference=CFG.inference.as_dict(),
+        instances=INSTANCES_PARAMS,
+    script:
+        "../../scripts/choose_instances.py"
 
 
 rule distill:
@@ -187,6 +222,7 @@ rule bundle:
     input:
         ensemble="results/models/ensemble.tsv",
         threshold=THRESHOLD_JSON,
+        tuned=INSTANCES_JSON,
         student=(
             [f"{STUDENT_DIR}/student.keras", f"{STUDENT_DIR}/card.json"]
             if DISTILL
@@ -207,12 +243,13 @@ rule bundle:
         inference=CFG.inference.subset(("threshold", "vote", "overlap", "tta")),
         tile=CFG.inference.tile,
         pixel_size_um=TRAINING_PIXEL_SIZE,
-        instances=CFG.instances.as_dict(),
+        instances=INSTANCES_PARAMS,
         input_planes=MODEL_PLANES,
         training={
             "plates": TRAINING,
             "patch_sets": [s["name"] for s in PATCH_SETS],
             **CFG.training.subset(CFG.training.AUGMENT_KEYS + CFG.training.TRAIN_KEYS),
+            **AUGMENT_SCALE,
         },
         seed=SEED,
     script:

@@ -1090,6 +1090,7 @@ def import_cvat(
     on_bad_input: str = "error",
     image_suffixes: Sequence[str] = (".tif", ".tiff", ".png", ".jpg", ".jpeg"),
     limits: Limits | None = None,
+    nucleus_labels: Sequence[str] | None = None,
 ):
     """Turn a CVAT export into instance-label and binary masks.
 
@@ -1120,6 +1121,11 @@ def import_cvat(
     limits : Limits, optional
         See :func:`load_annotations`; image sizes are checked against
         ``max_image_pixels``.
+    nucleus_labels : list of str, optional
+        Label names of nucleus outlines: their polygons and masks also become
+        ``<out_dir>/<stem>_nuclei.tif`` (nucleus instance labels, written for every
+        imported image, empty where it has none), the nuclei a ``nucleus3`` model learns.
+        ``labels`` must then name the cell labels (and not these).
 
     Returns
     -------
@@ -1147,8 +1153,18 @@ def import_cvat(
     out_dir = Path(out_dir)
     if isinstance(labels, str):
         labels = [labels]
+    if isinstance(nucleus_labels, str):
+        nucleus_labels = [nucleus_labels]
+    if nucleus_labels:
+        if labels is None or set(labels) & set(nucleus_labels):
+            raise InputError(
+                "annotations.nucleus_labels",
+                f"nucleus labels {sorted(nucleus_labels)} need annotations.labels to name the "
+                f"cell labels, and no label can be both (labels: {labels})",
+            )
     problems = Problems(on_bad_input)
     anns = _load(export, labels, problems, limits)
+    nuclei = _load(export, nucleus_labels, Problems(on_bad_input), limits) if nucleus_labels else {}
     if not anns:
         raise InputError(export, "the export lists no images")
     if labels is not None and not any(a.shapes for a in anns.values()):
@@ -1185,6 +1201,8 @@ def import_cvat(
                     f"{img.stem!r}; outputs would collide",
                 )
             validate(ann, limits=limits)
+            if key in nuclei:
+                validate(nuclei[key], limits=limits)
         except InputError as exc:
             problems.report(exc, ann.name)
             continue
@@ -1197,20 +1215,35 @@ def import_cvat(
 
     # Pass 2: rasterise and write each image (both files or neither).
     rows = []
+    key_of = {id(ann): key for key, ann in anns.items()}
+    n_nuclei = 0
     for ann, img, stem in progress(jobs, desc="cvat import"):
         try:
             lab = rasterize(ann)  # validated against the limits in pass 1
+            nuc = None
+            if nucleus_labels:
+                nuc_ann = nuclei.get(key_of[id(ann)])
+                nuc = (
+                    rasterize(nuc_ann)
+                    if nuc_ann is not None and nuc_ann.shapes
+                    else np.zeros(lab.shape, np.uint16)
+                )
+                n_nuclei += int(nuc.max())
         except InputError as exc:
             problems.report(exc, ann.name)
             continue
         mask = np.where(lab > 0, np.uint8(255), np.uint8(0))
         lab_path = out_dir / f"{stem}_labels.tif"
         mask_path = out_dir / f"{stem}_mask.png"
+        nuc_path = out_dir / f"{stem}_nuclei.tif"
         try:
             write_tiff(lab, lab_path, compression="zlib")
+            if nuc is not None:
+                write_tiff(nuc, nuc_path, compression="zlib")
             write_png(mask, mask_path)
         except BaseException:
             lab_path.unlink(missing_ok=True)
+            nuc_path.unlink(missing_ok=True)
             raise
         n_cells = int(lab.max()) if lab.size else 0
         rows.append(
@@ -1232,6 +1265,8 @@ def import_cvat(
     manifest = manifest.astype({"n_cells": "int64", "width": "int64", "height": "int64"})
     skipped = pd.DataFrame(problems.items, columns=["file", "reason"])
     write_parquet(manifest, manifest_path)
+    if nucleus_labels:
+        log.info("nuclei (labels %s): %d in %d images", sorted(nucleus_labels), n_nuclei, len(rows))
     log.info(
         "imported %d images (%d cells) from %s into %s; %d skipped",
         len(manifest),

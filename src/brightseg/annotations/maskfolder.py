@@ -1408,7 +1408,7 @@ def patch_set_training_pairs(
         ):
             if groups is not None:
                 groups[pair["image_id"]] = pair["source"]
-            yield pair
+            yield {**pair, "pixel_size_um": float(spec.get("pixel_size_um", 0.65))}
 
 
 def group_by_source(manifest: pd.DataFrame, groups: Mapping[str, str]) -> pd.DataFrame:

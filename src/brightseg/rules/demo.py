@@ -48,9 +48,11 @@ def synth_plate(
 
 def synth_evalset(out_dir: str, spec: Mapping, *, seed: int) -> pd.DataFrame:
     """Rule ``synth_evalset``: the demo's held-out set (``images/``, ``masks/``)."""
-    optional = (
+    optional: dict = (
         {"mean_radius_px": float(spec["mean_radius_px"])} if spec.get("mean_radius_px") else {}
     )
+    if spec.get("difficulty") is not None:
+        optional["difficulty"] = tuple(float(v) for v in spec["difficulty"])
     with atomic_path(out_dir, is_dir=True) as tmp:
         df = synth_eval_set(
             tmp,

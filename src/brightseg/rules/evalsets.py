@@ -153,7 +153,7 @@ def evalset_compare(
                 truth = read_mask(
                     row["mask"], threshold=threshold, expect=spec.get("mask_mode", "auto")
                 )[0]
-                probs, prob, mask = ens.predict(image)
+                probs, prob, mask = ens.predict(image, pixel_size_um=px)
                 write_png(
                     np.where(mask > 0, np.uint8(255), np.uint8(0)),
                     pred_dir / f"{image_id}_mask.png",

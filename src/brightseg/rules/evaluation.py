@@ -53,9 +53,9 @@ def _items(
     """Evaluation items of one image: every checkpoint alone, then the ensemble."""
     seeds = None
     if InstancesConfig.coerce(instances).method == "distance":
-        probs, prob, mask = ens.predict(image)
+        probs, prob, mask = ens.predict(image, pixel_size_um=pixel_size_um)
     else:  # interior / log_seeds: the 3-class ensemble's seed-class maps too
-        probs, prob, mask, seeds = ens.predict(image, with_seed=True)
+        probs, prob, mask, seeds = ens.predict(image, with_seed=True, pixel_size_um=pixel_size_um)
     truth = (truth_labels > 0).astype(np.uint8)
     for i, (name, p) in enumerate(zip(ens.names, probs, strict=True)):
         m = (p > 0.5).astype(np.uint8)

@@ -96,7 +96,12 @@ def predict(
     if student:
         from ..distill import load_student
 
-        predictor = load_student(student, ens.inference, threshold=ens.inference.threshold)
+        predictor = load_student(
+            student,
+            ens.inference,
+            threshold=ens.inference.threshold,
+            working_pixel_size_um=ens.working_pixel_size_um,
+        )
     plate = open_plate(store, mode="r")
     dest = Path(labels_out)
     ident = predictor.key + _store_identity(store) + ("+uncertainty" if uncertainty else "")
@@ -130,7 +135,7 @@ def _ensemble_qc(df: pd.DataFrame, ens, plate, labels, n_images: int) -> pd.Data
 
     df = df.assign(predictor="student", qc_ensemble_dice=np.nan, qc_ensemble_prob_mae=np.nan)
     for i, image_id in enumerate(df["image_id"].iloc[:n_images]):
-        _, prob, mask = ens.predict(plate.read(image_id))
+        _, prob, mask = ens.predict(plate.read(image_id), pixel_size_um=plate.pixel_size_um)
         student_mask = np.asarray(labels.read_label(image_id, "mask"))
         student_prob = np.asarray(labels.read_label(image_id, "prob"), np.float32) / 255
         df.loc[df.index[i], "qc_ensemble_dice"] = pooled_dice([student_mask], [mask])
@@ -293,7 +298,7 @@ def explain(store: str, ensemble: str, out_dir: str, *, explain: dict) -> None:
     ``out_dir`` (:func:`brightseg.explain.explain_images`).
     """
     from ..config import ExplainConfig
-    from ..explain import explain_images, load_voting_models
+    from ..explain import explain_images, load_voting_models, voting_working_pixel_size
 
     cfg = ExplainConfig.coerce(explain)
     ps = open_plate(store, mode="r")
@@ -309,6 +314,7 @@ def explain(store: str, ensemble: str, out_dir: str, *, explain: dict) -> None:
             layer=cfg.layer,
             threshold=cfg.threshold,
             pixel_size_um=ps.pixel_size_um,
+            working_pixel_size_um=voting_working_pixel_size(ensemble),
         )
         write_text(pd.DataFrame(rows).to_csv(sep="\t", index=False), tmp / "explain.tsv")
     log.info("explain: %d images x %d models -> %s", len(ids), len(models), out_dir)

@@ -74,6 +74,7 @@ def import_annotations(
             labels=labels,
             on_bad_input=on_bad_input,
             limits=limits,
+            nucleus_labels=list(cfg.nucleus_labels) if cfg.nucleus_labels else None,
         )
     if Focus.coerce(focus) is not None:
         annotations_to_images(manifest)

@@ -23,6 +23,7 @@ from ..ensemble import resolve_threshold, validation_threshold
 from ..errors import InputError
 from ..io import read_image, write_parquet, write_text
 from ..platestore import open_plate
+from ..scale import pair_to_working
 from ..selection import read_histories, write_ensemble_tsv
 from ..selection import select_checkpoints as _select
 from ..split import apply_split, split_summary
@@ -31,11 +32,16 @@ log = logging.getLogger(__name__)
 
 
 def _plate_training_pairs(
-    stores: Sequence[str], manifests: Sequence[str], with_labels: bool = False
+    stores: Sequence[str],
+    manifests: Sequence[str],
+    with_labels: bool = False,
+    with_nuclei: bool = False,
 ) -> Iterator[dict]:
     """Yield the corrected image and annotation mask of every annotated training image.
 
-    ``with_labels``: also its instance labels (``<stem>_labels.tif`` of the import).
+    ``with_labels``: also its instance labels (``<stem>_labels.tif`` of the import);
+    ``with_nuclei``: also its nucleus labels (``<stem>_nuclei.tif``, imported with
+    ``annotations.nucleus_labels``).
     """
     for store_path, manifest_path in zip(stores, manifests, strict=True):
         store = open_plate(store_path)
@@ -53,11 +59,22 @@ def _plate_training_pairs(
                 "image_id": row.stem,
                 "plate": store.plate,
                 "modality": store.modality,
+                "pixel_size_um": store.pixel_size_um,
                 "image": store.read(row.stem),
                 "mask": (mask > 0).astype("uint8"),
             }
             if with_labels:
                 pair["labels"] = read_image(ann_dir / f"{row.stem}_labels.tif")
+            if with_nuclei:
+                nuclei = ann_dir / f"{row.stem}_nuclei.tif"
+                if not nuclei.is_file():
+                    raise InputError(
+                        nuclei,
+                        f"a nucleus3 model trains on nucleus labels, but plate {store.plate}'s "
+                        "annotations have none: name the nucleus label of its CVAT/COCO export "
+                        "in annotations.nucleus_labels (mask folders carry no nuclei)",
+                    )
+                pair["nuclei"] = read_image(nuclei)
             yield pair
 
 
@@ -83,16 +100,18 @@ def augment(
     land on the same side of the split.  ``training`` may also hold ``with_labels`` (store
     the instance labels for 3-class targets and border weights; patch sets, which have
     binary masks only, get their connected components) and ``with_nuclei`` (nucleus3: the
-    workflow's annotations carry no nuclei, so this stops with an explanation).
+    nucleus labels imported with ``annotations.nucleus_labels``; an image without them, or a
+    patch set, stops the run with an explanation).
     """
     training = dict(training if isinstance(training, dict) else training.as_dict())
     with_labels = bool(training.pop("with_labels", False))
-    if training.pop("with_nuclei", False):
+    working = training.pop("working_pixel_size_um", None)
+    with_nuclei = bool(training.pop("with_nuclei", False))
+    if with_nuclei and patch_sets:
         raise InputError(
-            "models[].target",
-            "nucleus3 needs nucleus labels, which the workflow's annotations (CVAT/COCO, mask "
-            "folders) do not carry; train nucleus3 models from a patch store built with "
-            "brightseg.augment.build_training_store(with_nuclei=True)",
+            "training.patch_sets",
+            "a nucleus3 model trains on nucleus labels, which pre-tiled patch sets (binary "
+            "masks) do not carry: train it on plates annotated with annotations.nucleus_labels",
         )
     cfg = TrainingConfig.coerce(training)
     patch_sets = resolve_patch_sets(patch_sets)
@@ -100,7 +119,14 @@ def augment(
     set_pairs = patch_set_training_pairs(patch_sets, groups=groups)
     if with_labels:
         set_pairs = ({**p, "labels": _components(p["mask"])} for p in set_pairs)
-    pairs = itertools.chain(_plate_training_pairs(stores, manifests, with_labels), set_pairs)
+    pairs = itertools.chain(
+        _plate_training_pairs(stores, manifests, with_labels, with_nuclei), set_pairs
+    )
+    if working is not None:
+        log.info(
+            "training images resampled to %.3f um/px (training.working_pixel_size_um)", working
+        )
+        pairs = (pair_to_working(p, float(working)) for p in pairs)
     df = build_training_store(
         pairs,
         out_zarr,
@@ -111,6 +137,8 @@ def augment(
         n_variants=cfg.n_variants,
         seed=seed,
         with_labels=with_labels,
+        with_nuclei=with_nuclei,
+        working_pixel_size_um=None if working is None else float(working),
     )
     if groups:
         df = group_by_source(df, groups)
@@ -224,7 +252,24 @@ def select_checkpoints(
     if tta:
         runs = sel["model"].astype(str) + "/" + sel["loss"].astype(str)
         sel["tta"] = ["" if tta.get(r) is None else str(bool(tta[r])).lower() for r in runs]
+    working = _working_pixel_sizes(histories)
+    if any(v is not None for v in working.values()):
+        runs = sel["model"].astype(str) + "/" + sel["loss"].astype(str)
+        sel["working_pixel_size_um"] = [working[r] for r in runs]
     write_ensemble_tsv(sel, out_tsv)
+
+
+def _working_pixel_sizes(histories: Sequence[str]) -> dict[str, float | None]:
+    """``"model/loss"`` -> the working pixel size in the run's ``card.json`` (None: none)."""
+    out = {}
+    for h in histories:
+        run = Path(h).parent
+        card_path = run / "card.json"
+        if not card_path.is_file():
+            raise InputError(card_path, "training card does not exist (written by the train rule)")
+        card = json.loads(card_path.read_text())
+        out[f"{run.parent.name}/{run.name}"] = card.get("data", {}).get("working_pixel_size_um")
+    return out
 
 
 def choose_threshold(
@@ -271,6 +316,83 @@ def choose_threshold(
     )
     write_text(json.dumps(chosen, indent=2) + "\n", out_json)
     return chosen
+
+
+def choose_instances(
+    ensemble_tsv: str,
+    training_manifest: str,
+    stores: Mapping[str, str],
+    annotations: Mapping[str, str],
+    out_json: str,
+    *,
+    inference: InferenceConfig | dict,
+    instances: dict,
+) -> dict:
+    """Rule ``choose_instances``: watershed settings chosen on the validation plate images.
+
+    The validation split's source images that are plate images (patch-set sources have no
+    full-size image) are predicted whole by the ensemble (at the chosen threshold, each at
+    its plate's pixel size), and :func:`brightseg.tuning.choose_instance_settings` picks
+    ``h_um`` and ``min_area_um2`` by the best mean instance F1 at IoU 0.5 against their
+    imported instance labels; ``out_json`` holds ``settings``, ``f1_50`` (theirs),
+    ``f1_50_config`` (the config's own), ``n_images`` and the whole grid.  The rules that
+    split cells merge ``settings`` over the config (:func:`brightseg.tuning.tuned_instances`).
+    The held-out evaluation (``evaluate``) scores these same images, so its instance metrics
+    are not independent of the choice; the evaluation sets are.
+    """
+    import numpy as np
+
+    from ..config import InstancesConfig
+    from ..ensemble import to_uint8
+    from ..instances import split_with_config
+    from ..tuning import choose_instance_settings
+
+    man = pd.read_parquet(training_manifest, columns=["source_image", "plate", "split"])
+    val = man.loc[man["split"] == "val", ["plate", "source_image"]].drop_duplicates()
+    val = val[val["plate"].isin(list(stores))].sort_values(["plate", "source_image"])
+    if val.empty:
+        raise InputError(
+            training_manifest,
+            "instances.tune is 'validation' but the validation split holds no plate images "
+            "(pre-tiled patch sets have no full-size images to split into cells); set "
+            "instances.tune: none",
+        )
+    cfg = InstancesConfig.coerce(instances).as_dict()
+    ens = load_ensemble(ensemble_tsv, InferenceConfig.coerce(inference))
+    with_seed = cfg["method"] != "distance"
+    masks, truths, probs, seeds, sizes = [], [], [], [], []
+    for row in val.itertuples(index=False):
+        ps = open_plate(stores[row.plate], mode="r")
+        truth = read_image(Path(annotations[row.plate]).parent / f"{row.source_image}_labels.tif")
+        out = ens.predict(
+            ps.read(row.source_image), with_seed=with_seed, pixel_size_um=ps.pixel_size_um
+        )
+        prob, mask = out[1], out[2]
+        masks.append(mask)
+        probs.append(prob)
+        seed = out[3].mean(axis=0) if with_seed and out[3] is not None else None
+        # as the prediction store holds them (uint8), which split_instances reads
+        seeds.append(None if seed is None else to_uint8(seed).astype(np.float32) / 255.0)
+        truths.append(truth)
+        sizes.append(float(ps.pixel_size_um))
+
+    def split_one(i, settings):
+        prob = to_uint8(probs[i]).astype(np.float32) / 255.0 if cfg["use_prob"] else None
+        return split_with_config(
+            masks[i], sizes[i], {**cfg, **settings}, prob=prob, seed_prob=seeds[i]
+        )
+
+    pick = choose_instance_settings(masks, truths, split_one)
+    result = {
+        "settings": pick["settings"],
+        "f1_50": pick["f1_50"],
+        "f1_50_config": pick["f1_50_config"],
+        "n_images": len(masks),
+        "images": [f"{r.plate}/{r.source_image}" for r in val.itertuples(index=False)],
+        "grid": pick["table"],
+    }
+    write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", out_json)
+    return result
 
 
 def distill(
