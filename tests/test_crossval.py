@@ -29,6 +29,7 @@ def test_cv_two_folds_tiny(tmp_path):
     cfg = yaml.safe_load((ROOT / "config" / "cpu.yaml").read_text())
     cfg["illumination"]["radius"] = 20
     cfg["training"].update(
+        working_pixel_size_um=None,  # the images' own grid unless --working-pixel-size-um
         patch_size=64,
         stride=32,
         n_variants=2,

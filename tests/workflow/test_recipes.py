@@ -135,3 +135,22 @@ def test_recipe_c_no_gpu_with_the_cpu_recipe(tmp_path):
         cells = pd.read_parquet(work / f"results/tables/{plate}/cells.parquet")
         assert set(cells["plate"]) <= {plate}
     assert re.search(r"small_unet", (work / "results/models/ensemble.tsv").read_text())
+    # the recipe's working pixel size: the models trained at 1.74 um/px (ensemble.tsv, the
+    # bundle) and the plates' cells came back on their own 0.65 um grid
+    working = cfg["training"]["working_pixel_size_um"]
+    ens = pd.read_csv(work / "results/models/ensemble.tsv", sep="\t")
+    assert (ens["working_pixel_size_um"] == working).all()
+    bundled = (work / "results/models/bundle/ensemble.tsv").read_text()
+    assert "working_pixel_size_um" in bundled
+    from brightseg.platestore import open_labels
+
+    cells = open_labels(work / "results/instances/LAB2.zarr", work / "results/plates/LAB2.ome.zarr")
+    first = cells.images["image_id"].iloc[0]
+    assert np.asarray(cells.read_label(first, "cells")).shape == (384, 384)
+    # instances.tune: validation - the watershed pair chosen on the validation image(s)
+    tuned = json.loads((work / "results/models/instances.json").read_text())
+    assert tuned["n_images"] >= 1 and set(tuned["settings"]) <= {"h_um", "min_area_um2"}
+    recorded = manifest["postprocessing"]["instances"]
+    assert recorded["tune"] == "none"
+    for key, value in tuned["settings"].items():
+        assert recorded[key] == value
