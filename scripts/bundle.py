@@ -1,8 +1,7 @@
 """Rule bundle: the voting checkpoints as a portable, verified model bundle."""
 
-from brightseg.rules import log_to
+from brightseg.rules import instances_for_rule, log_to
 from brightseg.rules.training import bundle
-from brightseg.tuning import tuned_instances
 
 with log_to(snakemake.log[0]):
     bundle(
@@ -17,7 +16,7 @@ with log_to(snakemake.log[0]):
         pixel_size_um=snakemake.params.pixel_size_um,
         training=dict(snakemake.params.training),
         seed=snakemake.params.seed,
-        instances=tuned_instances(snakemake.params.instances, snakemake.input.get("tuned")),
+        instances=instances_for_rule(snakemake.params.instances, snakemake.input.get("tuned")),
         input_planes=int(snakemake.params.input_planes),
         student=list(snakemake.input.student),
     )

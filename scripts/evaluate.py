@@ -2,9 +2,8 @@
 
 from pathlib import Path
 
-from brightseg.rules import log_to
+from brightseg.rules import instances_for_rule, log_to
 from brightseg.rules.evaluation import evaluate
-from brightseg.tuning import tuned_instances
 
 with log_to(snakemake.log[0]):
     evaluate(
@@ -18,5 +17,5 @@ with log_to(snakemake.log[0]):
         snakemake.output.ablation_md,
         str(Path(snakemake.output.overlay).with_suffix("")),
         inference=dict(snakemake.params.inference),
-        instances=tuned_instances(snakemake.params.instances, snakemake.input.get("tuned")),
+        instances=instances_for_rule(snakemake.params.instances, snakemake.input.get("tuned")),
     )

@@ -1,8 +1,7 @@
 """Rule livecell_predict: the ensemble on every LIVECell image; metrics and COCO AP."""
 
-from brightseg.rules import log_to
+from brightseg.rules import instances_for_rule, log_to
 from brightseg.rules.evaluation import livecell_predict
-from brightseg.tuning import tuned_instances
 
 with log_to(snakemake.log[0]):
     livecell_predict(
@@ -11,7 +10,7 @@ with log_to(snakemake.log[0]):
         snakemake.output.per_image,
         snakemake.output.ap,
         inference=dict(snakemake.params.inference),
-        instances=tuned_instances(snakemake.params.instances, snakemake.input.get("tuned")),
+        instances=instances_for_rule(snakemake.params.instances, snakemake.input.get("tuned")),
         illumination=dict(snakemake.params.illumination),
         pixel_size_um=float(snakemake.params.pixel_size_um),
     )

@@ -1,8 +1,7 @@
 """Rule split_instances: watershed of every predicted mask of a plate into cells."""
 
-from brightseg.rules import log_to
+from brightseg.rules import instances_for_rule, log_to
 from brightseg.rules.inference import split_instances
-from brightseg.tuning import tuned_instances
 
 with log_to(snakemake.log[0]):
     split_instances(
@@ -10,6 +9,6 @@ with log_to(snakemake.log[0]):
         snakemake.input.predictions,
         snakemake.output.labels,
         snakemake.output.summary,
-        instances=tuned_instances(snakemake.params.instances, snakemake.input.get("tuned")),
+        instances=instances_for_rule(snakemake.params.instances, snakemake.input.get("tuned")),
         pixel_size_um=float(snakemake.params.pixel_size_um),
     )

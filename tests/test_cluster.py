@@ -234,7 +234,10 @@ def test_gpu_rules_and_only_they_go_to_the_gpu_partition(rules, user_set_resourc
     defaults = shipped_profile()["default-resources"]
     log = logging.getLogger("test")
     gpu = gpu_rules(REPO)
-    assert gpu == {"train", "distill", "predict", "evaluate", "livecell_predict", "evalset_compare"}
+    assert gpu == {
+        "train", "distill", "predict", "evaluate", "livecell_predict", "evalset_compare",
+        "choose_instances",
+    }  # fmt: skip
     for name, res in rules.items():
         res = {**res, **user_set_resources.get(name, {})}
         chosen = get_best_partition(partitions, _job(name, res, defaults), log)

@@ -77,3 +77,14 @@ def atomic_dir(path: str | os.PathLike):
     with atomic_path(path, is_dir=True) as tmp:
         Path(tmp).mkdir(parents=True)
         yield Path(tmp)
+
+
+def instances_for_rule(instances, tuned) -> dict:
+    """A splitting rule's ``instances`` params with the pair chosen on validation merged in.
+
+    ``tuned`` is the rule's ``instances.json`` input (empty without ``instances.tune:
+    validation``); see :func:`brightseg.tuning.tuned_instances`.
+    """
+    from ..tuning import tuned_instances
+
+    return tuned_instances(dict(instances), str(tuned) if tuned else None)
