@@ -785,21 +785,19 @@ def training_store_working_pixel_size(path: str | os.PathLike) -> float | None:
     Recorded by :func:`build_training_store` (``working_pixel_size_um``); models trained on
     the store see images at this pixel size (:mod:`brightseg.scale`).
     """
-    try:
-        root = zarr.open_group(store=str(path), mode="r")
-        value = root.attrs.get("working_pixel_size_um")
-    except Exception as exc:  # noqa: BLE001 - corrupt store is bad input
-        raise InputError(
-            path, f"cannot open training store ({type(exc).__name__}: {exc})"
-        ) from None
+    value = _store_attr(path, "working_pixel_size_um", None)
     return None if value is None else float(value)
 
 
 def training_store_planes(path: str | os.PathLike) -> int:
     """Focal planes of a training store's images: 3 (multi-focal) or 1 (grey replicated)."""
+    return int(_store_attr(path, "planes", 1))
+
+
+def _store_attr(path: str | os.PathLike, key: str, default):
+    """One attribute of a training store (``default`` if absent); a corrupt store is bad input."""
     try:
-        root = zarr.open_group(store=str(path), mode="r")
-        return int(root.attrs.get("planes", 1))
+        return zarr.open_group(store=str(path), mode="r").attrs.get(key, default)
     except Exception as exc:  # noqa: BLE001 - corrupt store is bad input
         raise InputError(
             path, f"cannot open training store ({type(exc).__name__}: {exc})"

@@ -249,12 +249,11 @@ def select_checkpoints(
     missing = [p for p in sel["path"] if not Path(p).is_file()]
     if missing:
         raise RuntimeError(f"selected checkpoints do not exist: {missing}")
+    runs = sel["model"].astype(str) + "/" + sel["loss"].astype(str)
     if tta:
-        runs = sel["model"].astype(str) + "/" + sel["loss"].astype(str)
         sel["tta"] = ["" if tta.get(r) is None else str(bool(tta[r])).lower() for r in runs]
     working = _working_pixel_sizes(histories)
     if any(v is not None for v in working.values()):
-        runs = sel["model"].astype(str) + "/" + sel["loss"].astype(str)
         sel["working_pixel_size_um"] = [working[r] for r in runs]
     write_ensemble_tsv(sel, out_tsv)
 
@@ -346,10 +345,10 @@ def choose_instances(
     from ..ensemble import to_uint8
     from ..instances import split_with_config
     from ..tuning import choose_instance_settings
+    from .evaluation import heldout_images
 
-    man = pd.read_parquet(training_manifest, columns=["source_image", "plate", "split"])
-    val = man.loc[man["split"] == "val", ["plate", "source_image"]].drop_duplicates()
-    val = val[val["plate"].isin(list(stores))].sort_values(["plate", "source_image"])
+    # every plate given is a training plate: the held-out images are the validation split's
+    val = heldout_images(training_manifest, dict(stores), dict(annotations), list(stores))
     if val.empty:
         raise InputError(
             training_manifest,
@@ -362,10 +361,10 @@ def choose_instances(
     with_seed = cfg["method"] != "distance"
     masks, truths, probs, seeds, sizes = [], [], [], [], []
     for row in val.itertuples(index=False):
-        ps = open_plate(stores[row.plate], mode="r")
-        truth = read_image(Path(annotations[row.plate]).parent / f"{row.source_image}_labels.tif")
+        ps = open_plate(row.store, mode="r")
+        truth = read_image(row.labels)
         out = ens.predict(
-            ps.read(row.source_image), with_seed=with_seed, pixel_size_um=ps.pixel_size_um
+            ps.read(row.image_id), with_seed=with_seed, pixel_size_um=ps.pixel_size_um
         )
         prob, mask = out[1], out[2]
         masks.append(mask)
@@ -388,7 +387,7 @@ def choose_instances(
         "f1_50": pick["f1_50"],
         "f1_50_config": pick["f1_50_config"],
         "n_images": len(masks),
-        "images": [f"{r.plate}/{r.source_image}" for r in val.itertuples(index=False)],
+        "images": [f"{r.plate}/{r.image_id}" for r in val.itertuples(index=False)],
         "grid": pick["table"],
     }
     write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", out_json)
