@@ -413,7 +413,7 @@ def explain_files(
                 )
             )
 
-    names, models = load_voting_models(model)
+    names, models, working = load_voting_models(model, with_working=True)
     arrays = []
     for path in files:
         raw = read_image(path)
@@ -427,28 +427,16 @@ def explain_files(
         layer=layer,
         threshold=threshold,
         pixel_size_um=px,
-        working_pixel_size_um=voting_working_pixel_size(model),
+        working_pixel_size_um=working,
     )
     table = pd.DataFrame(rows)
     write_text(table.to_csv(sep="\t", index=False), Path(out_dir) / "explain.tsv")
     return table
 
 
-def voting_working_pixel_size(source: str | os.PathLike) -> float | None:
-    """The working pixel size of an ``ensemble.tsv`` or a bundle's (None for one ``.keras``)."""
-    from .bundle import is_bundle, open_bundle
-    from .ensemble import _table_working_pixel_size, read_ensemble
-
-    source = Path(source)
-    if source.suffix == ".keras":
-        return None
-    if is_bundle(source):
-        with open_bundle(source) as bundle:
-            return _table_working_pixel_size(read_ensemble(bundle.ensemble_tsv), str(source))
-    return _table_working_pixel_size(read_ensemble(source), str(source))
-
-
-def load_voting_models(source: str | os.PathLike, *, with_files: bool = False) -> tuple:
+def load_voting_models(
+    source: str | os.PathLike, *, with_files: bool = False, with_working: bool = False
+) -> tuple:
     """The voting checkpoints of an ``ensemble.tsv``, a model bundle or one ``.keras`` file.
 
     Returns
@@ -460,17 +448,21 @@ def load_voting_models(source: str | os.PathLike, *, with_files: bool = False) -
     files : list of (str, int)
         Only with ``with_files``: each checkpoint's file name and size in bytes (read
         while a bundle archive's members still exist).
+    working_pixel_size_um : float or None
+        Only with ``with_working`` (last): the pixel size the checkpoints were trained at
+        (``ensemble.tsv``'s column; None for one ``.keras`` file or a table without it).
     """
     from . import models as zoo
     from .bundle import is_bundle, open_bundle
-    from .ensemble import read_ensemble
+    from .ensemble import _table_working_pixel_size, read_ensemble
 
     source = Path(source)
 
-    def load(paths, names) -> tuple:
+    def load(paths, names, working=None) -> tuple:
         models = [zoo.load_checkpoint(p) for p in paths]
         files = [(Path(p).name, Path(p).stat().st_size) for p in paths]
-        return (names, models, files) if with_files else (names, models)
+        out = (names, models, files) if with_files else (names, models)
+        return (*out, working) if with_working else out
 
     if source.suffix == ".keras":
         return load([source], [checkpoint_name(source)])
@@ -483,7 +475,7 @@ def load_voting_models(source: str | os.PathLike, *, with_files: bool = False) -
             else Path(r.path).stem
             for r in table.itertuples(index=False)
         ]
-        return load(list(table["path"]), names)
+        return load(list(table["path"]), names, _table_working_pixel_size(table, str(source)))
 
     if is_bundle(source):
         with open_bundle(source) as bundle:

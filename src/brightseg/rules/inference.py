@@ -298,12 +298,12 @@ def explain(store: str, ensemble: str, out_dir: str, *, explain: dict) -> None:
     ``out_dir`` (:func:`brightseg.explain.explain_images`).
     """
     from ..config import ExplainConfig
-    from ..explain import explain_images, load_voting_models, voting_working_pixel_size
+    from ..explain import explain_images, load_voting_models
 
     cfg = ExplainConfig.coerce(explain)
     ps = open_plate(store, mode="r")
     ids = list(ps.images["image_id"])[: cfg.images]
-    names, models = load_voting_models(ensemble)
+    names, models, working = load_voting_models(ensemble, with_working=True)
     with atomic_dir(out_dir) as tmp:
         rows = explain_images(
             [ps.read(i) for i in ids],
@@ -314,7 +314,7 @@ def explain(store: str, ensemble: str, out_dir: str, *, explain: dict) -> None:
             layer=cfg.layer,
             threshold=cfg.threshold,
             pixel_size_um=ps.pixel_size_um,
-            working_pixel_size_um=voting_working_pixel_size(ensemble),
+            working_pixel_size_um=working,
         )
         write_text(pd.DataFrame(rows).to_csv(sep="\t", index=False), tmp / "explain.tsv")
     log.info("explain: %d images x %d models -> %s", len(ids), len(models), out_dir)
