@@ -193,3 +193,28 @@ def test_explain_config_block():
         Config.from_dict({**demo, "explain": {"images": 0}})
     with pytest.raises(InputError, match="did you mean 'explain.layer'"):
         Config.from_dict({**demo, "explain": {"layers": "x"}})
+
+
+def test_explain_at_a_working_pixel_size(tmp_path):
+    """Models trained at a working pixel size see the resampled image; the map and mask
+    come back on the image's own grid; the table's column reaches the caller."""
+    import pandas as pd
+
+    from brightseg.explain import load_voting_models
+
+    model = _bright_detector()
+    image, square = _scene(128)
+    rows = explain_images([image], ["img1"], [model], ["bright/bce/e01"], tmp_path,
+                          layer="down", pixel_size_um=0.65, working_pixel_size_um=1.3)  # fmt: skip
+    cam = np.load(tmp_path / rows[0]["npy"])
+    assert cam.shape == image.shape and cam[square].mean() > 0.5
+    assert rows[0]["foreground_fraction"] == pytest.approx(square.mean(), abs=0.03)
+    with pytest.raises(InputError, match="pixel size"):
+        explain_images([image], ["x"], [model], ["m"], tmp_path / "x", working_pixel_size_um=1.3)
+    ckpt = tmp_path / "ckpt.keras"
+    model.save(ckpt)
+    table = pd.DataFrame({"path": [str(ckpt)], "working_pixel_size_um": [1.3]})
+    table.to_csv(tmp_path / "ensemble.tsv", sep="\t", index=False)
+    names, models, working = load_voting_models(tmp_path / "ensemble.tsv", with_working=True)
+    assert working == 1.3 and len(models) == 1
+    assert load_voting_models(ckpt, with_working=True)[2] is None
