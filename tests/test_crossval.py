@@ -64,6 +64,34 @@ def test_cv_two_folds_tiny(tmp_path):
         assert set(json.loads(chosen)) <= {"h_um", "min_area_um2"}
     assert (out / "summary.json").is_file() and (out / "summary.md").is_file()
     assert (out / "fold_0" / "per_image.tsv").is_file()
+    # the workflow's ensemble (top-k epoch checkpoints voting) is scored beside the best one
+    assert "dice_vote=" in last and "f1_50_tuned_vote=" in last
+    assert {"dice_vote", "f1_50_tuned_vote", "vote_epochs"} <= set(per_fold.columns)
+    assert per_fold["vote_epochs"].astype(str).str.count(",").max() <= 2  # top_k 3
+    # a learning curve of the trained folds, without training again
+    ckpt = out / "fold_0" / "model" / "checkpoints" / "epoch_01.keras"
+    before = ckpt.stat().st_mtime_ns
+    rc = cv(out, "--folds", "2", "--reuse-models", "--curve-every", "1", "--no-vote")
+    assert rc.exit_code == 0, rc.output + repr(rc.exception)
+    assert ckpt.stat().st_mtime_ns == before and "reusing the trained model" in rc.output
+    curve = pd.read_csv(out / "curve.tsv", sep="\t")
+    epochs = pd.read_csv(out / "fold_0" / "model" / "history.csv")["epoch"]
+    assert list(curve.loc[curve["fold"] == 0, "epoch"]) == list(epochs)
+    assert curve["dice"].between(0, 1).all() and (curve["train_s"] >= 0).all()
+    assert {"val_loss", "f1_50_tuned", "threshold"} <= set(curve.columns)
+    assert "dice_vote" not in pd.read_csv(out / "per_fold.tsv", sep="\t").columns
+    # reusing a model trained with another recipe is refused, naming the card
+    other = tmp_path / "other.yaml"
+    other_cfg = {**cfg, "models": [{**cfg["models"][0], "model_kwargs": {"base_filters": 8}}]}
+    other.write_text(yaml.safe_dump(other_cfg))
+    args = ["--images", str(tmp_path / "data" / "images"), "--masks"]
+    bad_reuse = CliRunner().invoke(
+        main,
+        ["cv", *args, str(tmp_path / "data" / "masks"), "--config", str(other), "--out", str(out)]
+        + ["--folds", "2", "--reuse-models"],
+    )
+    assert bad_reuse.exit_code == 2 and "card.json" in bad_reuse.output
+    assert "model_kwargs" in bad_reuse.output
     # one fold alone (one cluster job per fold): only that fold is trained and scored
     alone = tmp_path / "fold1"
     r1 = cv(alone, "--folds", "2", "--fold", "1")

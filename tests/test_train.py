@@ -405,3 +405,48 @@ def test_checkpoint_archive_is_byte_identical_and_loads(tmp_path):
     np.testing.assert_array_equal(
         np.asarray(load_checkpoint(paths[0])(x)), np.asarray(model(x, training=False))
     )
+
+
+def test_lr_schedules_and_a_cosine_run(tmp_path):
+    from brightseg.config import TrainingConfig
+    from brightseg.train import lr_schedule
+
+    cos = lr_schedule("cosine", 1e-2, 100, decay_steps=10, decay_rate=0.5)
+    assert float(cos(0)) == pytest.approx(1e-2)
+    assert float(cos(50)) == pytest.approx(1e-2 * (0.01 + 0.99 * 0.5), rel=1e-4)
+    assert float(cos(100)) == pytest.approx(1e-4) and float(cos(500)) == pytest.approx(1e-4)
+    exp = lr_schedule("exponential", 1e-2, 100, decay_steps=10, decay_rate=0.5)
+    assert float(exp(9)) == pytest.approx(1e-2) and float(exp(25)) == pytest.approx(2.5e-3)
+    with pytest.raises(InputError, match="lr_schedule"):
+        lr_schedule("linear", 1e-2, 100, 10, 0.5)
+    # the train rule's params name the schedule only when it is not the default
+    assert "lr_schedule" not in TrainingConfig.from_dict({}).train_params()
+    assert TrainingConfig.from_dict({"lr_schedule": "cosine"}).train_params()["lr_schedule"] == (
+        "cosine"
+    )
+    store, manifest, _, _ = make_store(tmp_path)
+    card = train_model(
+        store,
+        manifest,
+        tmp_path / "cos",
+        spec={
+            "architecture": "small_unet",
+            "loss": "bce_dice",
+            "model_kwargs": {"base_filters": 4},
+        },
+        training=dict(
+            epochs=3,
+            batch_size=2,
+            steps_per_epoch=2,
+            learning_rate=1e-2,
+            lr_schedule="cosine",
+            patience=5,
+            precision="float32",
+            encoder_weights="none",
+        ),
+        input_size=16,
+        run_eagerly=True,
+    )
+    assert card["config"]["lr_schedule"] == "cosine"
+    lrs = pd.read_csv(tmp_path / "cos" / "history.csv")["lr"].to_numpy()
+    assert (np.diff(lrs) < 0).all() and lrs[-1] == pytest.approx(1e-4, rel=1e-3)

@@ -667,6 +667,24 @@ def bench_dag_cmd(n_plates, workdir):
     show_default=True,
     help="Also choose instances.h_um / min_area_um2 on each fold's validation images.",
 )
+@click.option(
+    "--vote/--no-vote",
+    default=True,
+    show_default=True,
+    help="Also score the vote of the top ensemble.top_k epoch checkpoints (*_vote columns).",
+)
+@click.option(
+    "--curve-every",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Learning curve: score every Nth epoch checkpoint too (curve.tsv); 0: none.",
+)
+@click.option(
+    "--reuse-models",
+    is_flag=True,
+    help="Score the folds already trained in --out again instead of training them.",
+)
 @_handle_errors
 def cv_cmd(
     images,
@@ -679,11 +697,15 @@ def cv_cmd(
     only,
     working_pixel_size_um,
     tune_instances,
+    vote,
+    curve_every,
+    reuse_models,
 ):
     """k-fold cross-validation (grouped by image) of a training recipe on images + masks.
 
-    Ends with ``dice= precision= recall= f1_50= [f1_50_tuned=] folds= minutes=`` (means over
-    folds; f1_50_tuned with the watershed settings chosen on each fold's validation images).
+    Ends with ``dice= precision= recall= f1_50= [f1_50_tuned=] [dice_vote= f1_50_vote=
+    f1_50_tuned_vote=] folds= minutes=`` (means over folds; f1_50_tuned with the watershed
+    settings chosen on each fold's validation images; *_vote: the top-k checkpoint vote).
     """
     from .crossval import run_cv, summary_line
 
@@ -700,6 +722,9 @@ def cv_cmd(
         only=only,
         tune_instances=tune_instances,
         working_pixel_size_um=working_pixel_size_um,
+        vote=vote,
+        curve_every=curve_every,
+        reuse_models=reuse_models,
     )
     click.echo(summary_line(s))
 

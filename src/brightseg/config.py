@@ -363,6 +363,7 @@ class TrainingConfig(Block):
     mining_budget: int | None = None
     patch_sets: tuple = ()
     working_pixel_size_um: float | None = None
+    lr_schedule: str = "exponential"
 
     #: The keys that change the augmented training store (the ``augment`` rule's params).
     AUGMENT_KEYS: ClassVar[tuple[str, ...]] = (
@@ -388,6 +389,12 @@ class TrainingConfig(Block):
         "deterministic",
         "mining_budget",
     )
+
+    def train_params(self) -> dict:
+        """The ``train`` rule's params: :data:`TRAIN_KEYS`, and ``lr_schedule`` when it is
+        not the default (so that runs from before the option keep their params)."""
+        extra = {} if self.lr_schedule == "exponential" else {"lr_schedule": self.lr_schedule}
+        return {**self.subset(self.TRAIN_KEYS), **extra}
 
 
 @dataclass(frozen=True)

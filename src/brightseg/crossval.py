@@ -36,6 +36,7 @@ from .illumination import correct_illumination, radius_to_px
 from .io import read_image
 from .metrics import choose_threshold, match_instances, pixel_metrics
 from .scale import pair_to_working, scale_factor
+from .selection import read_histories, select_checkpoints
 from .targets import foreground_probability, seed_probability
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,143 @@ def _tune_instances(split, probs: list, seeds: list, labels: list, threshold: fl
     return pick["settings"]
 
 
+def _vote_members(preds: list[np.ndarray], vote: str) -> np.ndarray:
+    """One prediction from the members' maps: their mean, or for ``majority`` (sigmoid maps)
+    the share of members above 0.5 (the workflow's two votes)."""
+    if len(preds) == 1:
+        return preds[0]
+    stack = np.stack(preds)
+    if vote == "majority" and stack.ndim == 3:
+        return (stack > 0.5).mean(axis=0, dtype=np.float32)
+    return stack.mean(axis=0, dtype=np.float32)
+
+
+def _score_predictor(
+    predict, *, val: list, tests: list, target: str, splitter, tune: bool, fixed=None
+) -> tuple[float, dict | None, list[dict]]:
+    """Threshold on the validation images (maximal Dice), watershed choice (``tune``, else
+    ``fixed``), then pixel and instance scores of each test image.
+
+    Returns ``(threshold, watershed settings or None, one row per test image)``.
+    """
+    val_preds = [predict(d["image"]) for d in val]
+    val_probs = [foreground_probability(p) for p in val_preds]
+    val_seeds = [seed_probability(p, target) for p in val_preds]
+    del val_preds
+    thr = float(choose_threshold(val_probs, [d["mask"] for d in val])["threshold"])
+    tuned = fixed
+    if tune:
+        tuned = _tune_instances(splitter, val_probs, val_seeds, [d["labels"] for d in val], thr)
+    del val_probs, val_seeds
+    rows = []
+    for d in tests:
+        pred = predict(d["image"])
+        prob = foreground_probability(pred)
+        fg = (prob > thr).astype(np.uint8)
+        px = pixel_metrics(fg, d["mask"])
+        seed_map = seed_probability(pred, target)
+        inst = match_instances(splitter(fg, prob, seed=seed_map), d["labels"], thresholds=(0.5,))
+        row = {
+            "image": d["stem"],
+            "threshold": thr,
+            "dice": px["dice"],
+            "precision": px["precision"],
+            "recall": px["recall"],
+            "f1_50": inst["f1@0.5"],
+            "n_true": inst["n_true"],
+            "n_pred": inst["n_pred"],
+        }
+        if tuned is not None:
+            chosen = match_instances(
+                splitter(fg, prob, tuned, seed=seed_map), d["labels"], thresholds=(0.5,)
+            )
+            row["f1_50_tuned"] = chosen["f1@0.5"]
+            row["n_pred_tuned"] = chosen["n_pred"]
+        rows.append(row)
+    return thr, tuned, rows
+
+
+def _val_stems(manifest: Path) -> set[str]:
+    split = pd.read_parquet(manifest, columns=["source_image", "split"])
+    return set(split.loc[split["split"] == "val", "source_image"].astype(str))
+
+
+def _reused_card(fdir: Path, train_stems: set[str], expect: dict) -> dict | None:
+    """The card of a fold trained before (``reuse_models``), or None when there is none.
+
+    ``expect``: card values (``config.<key>`` or ``data.<key>``) the model must have been
+    trained with; another value is an error naming the card."""
+    card_path = fdir / "model" / "card.json"
+    manifest = fdir / "manifest.parquet"
+    if not (card_path.is_file() and manifest.is_file()):
+        return None
+    stems = set(pd.read_parquet(manifest, columns=["source_image"])["source_image"].astype(str))
+    if stems != train_stems:
+        raise InputError(
+            manifest,
+            f"--reuse-models: the fold was trained on other images ({sorted(stems ^ train_stems)} "
+            "differ); use another --out or the same --folds and seed",
+        )
+    try:
+        card = json.loads(card_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(card_path, f"not valid JSON ({exc})") from None
+    for key, want in expect.items():
+        part, name = key.split(".")
+        have = (card.get(part) or {}).get(name)
+        if have != want:
+            raise InputError(
+                card_path,
+                f"--reuse-models: trained with {key} = {have!r}, this config gives {want!r}",
+            )
+    return card
+
+
+def _training_wall_s(fdir: Path, card: dict) -> float:
+    """Seconds from the split (written just before training) to the last checkpoint."""
+    last = fdir / "model" / "checkpoints" / f"epoch_{int(card['epochs_run']):02d}.keras"
+    start = (fdir / "manifest.parquet").stat().st_mtime
+    return last.stat().st_mtime - start if last.is_file() else float("nan")
+
+
+def _learning_curve(
+    fdir: Path, card: dict, predictor, every: int, tuned, score: dict, *, fold: int
+) -> list[dict]:
+    """Test scores of every ``every``-th epoch checkpoint (and the best and last)."""
+    history = pd.read_csv(fdir / "model" / "history.csv").set_index("epoch")
+    last = int(card["epochs_run"])
+    epochs = sorted({*range(every, last + 1, every), int(card.get("best_epoch", last)), last})
+    start = (fdir / "manifest.parquet").stat().st_mtime
+    out = []
+    for i, epoch in enumerate(epochs):
+        ckpt = fdir / "model" / "checkpoints" / f"epoch_{epoch:02d}.keras"
+        if not ckpt.is_file():
+            continue
+        thr, _, rows = _score_predictor(predictor([ckpt]), tune=False, fixed=tuned, **score)
+        frame = pd.DataFrame(rows)
+        row = {
+            "fold": fold,
+            "epoch": epoch,
+            "train_s": round(ckpt.stat().st_mtime - start, 1),
+            "val_loss": float(history.loc[epoch, "val_loss"]),
+            "val_f1": float(history.loc[epoch, "val_f1"]),
+            "threshold": thr,
+        }
+        keys = ["dice", "precision", "recall", "f1_50"] + (
+            ["f1_50_tuned"] if tuned is not None else []
+        )
+        row.update({m: float(frame[m].mean()) for m in keys})
+        out.append(row)
+        log.info(
+            "learning curve, fold %d: %d%% (epoch %d: %s)",
+            fold,
+            100 * (i + 1) // len(epochs),
+            epoch,
+            " ".join(f"{m}={row[m]:.3f}" for m in keys),
+        )
+    return out
+
+
 def run_cv(
     images: str | Path,
     masks: str | Path,
@@ -152,6 +290,9 @@ def run_cv(
     only: int | None = None,
     tune_instances: bool = True,
     working_pixel_size_um: float | None = None,
+    vote: bool = True,
+    curve_every: int = 0,
+    reuse_models: bool = False,
 ) -> dict:
     """Cross-validate the recipe of ``config`` on paired image/mask folders.
 
@@ -183,6 +324,21 @@ def run_cv(
         (:mod:`brightseg.scale`); probabilities come back to the images' own grid, where
         they are thresholded, split and scored.  ``None``: the config's
         ``training.working_pixel_size_um`` (null: the images' own pixel size).
+    vote : bool
+        Also score the workflow's ensemble: the mean vote (``inference.vote``) of the top
+        ``ensemble.top_k`` epoch checkpoints ranked by :func:`brightseg.selection.select_checkpoints`,
+        with its own validation threshold and watershed choice (columns ``*_vote``).
+    curve_every : int
+        Learning curve: also score every ``curve_every``-th epoch checkpoint (and the best and
+        the last) on the fold's test images, each at its own validation threshold, split with
+        the watershed chosen for the best checkpoint; ``fold_K/curve.tsv`` and ``curve.tsv``
+        (epoch, seconds of training to that checkpoint, validation loss/F1, test metrics).
+        0: no curve.
+    reuse_models : bool
+        Skip the training of a fold whose ``fold_K/model/card.json`` and ``manifest.parquet``
+        exist (same images; e.g. to add ``curve_every`` or the vote to a finished run) and
+        score its checkpoints again.  The trained model must come from the same config: the
+        card's config is compared with this one's and a mismatch is an error.
 
     Returns
     -------
@@ -222,97 +378,118 @@ def run_cv(
     fold_of = fold_assignment(len(data), folds, seed)
     if only is not None and not 0 <= only < folds:
         raise InputError(None, f"--fold must be in [0, {folds - 1}], got {only}")
-    rows, fold_rows = [], []
+    scored = metrics + ([f"{m}_vote" for m in metrics] if vote else [])
+    rows, fold_rows, curve_rows = [], [], []
     for k in range(folds) if only is None else [only]:
         tk = time.monotonic()
         fdir = out / f"fold_{k}"
+        model_dir = fdir / "model"
         train_items = [d for d, f in zip(data, fold_of, strict=True) if f != k]
         test_items = [d for d, f in zip(data, fold_of, strict=True) if f == k]
         log.info(
             "fold %d/%d: %d train, %d test images", k + 1, folds, len(train_items), len(test_items)
         )
-        pairs = (
-            {
-                "image_id": d["stem"],
-                "plate": "cv",
-                "modality": "phase",
-                "image": d["work"]["image"],
-                "mask": d["work"]["mask"],
-                "labels": d["work"]["labels"],
-            }
-            for d in train_items
+        expect = {
+            "config.architecture": spec["architecture"],
+            "config.loss": spec["loss"],
+            "config.model_kwargs": spec.get("model_kwargs") or {},
+            "config.loss_kwargs": spec.get("loss_kwargs") or {},
+            "config.seed": seed + k,
+            "data.patch_size": int(tr["patch_size"]),
+            "data.working_pixel_size_um": working_pixel_size_um,
+        }
+        card = (
+            _reused_card(fdir, {d["stem"] for d in train_items}, expect) if reuse_models else None
         )
-        fdir.mkdir(parents=True, exist_ok=True)
-        build_training_store(
-            pairs,
-            fdir / "patches.zarr",
-            fdir / "manifest_all.parquet",
-            patch_size=tr["patch_size"],
-            stride=tr["stride"],
-            min_foreground=tr["min_foreground"],
-            n_variants=tr["n_variants"],
-            seed=seed + k,
-            with_labels=needs_labels,
-            working_pixel_size_um=working_pixel_size_um,
-        )
-        split = apply_split(
-            fdir / "manifest_all.parquet",
-            fdir / "manifest.parquet",
-            val_fraction=tr["val_fraction"],
-            seed=seed + k,
-        )
-        val_stems = set(split.loc[split["split"] == "val", "source_image"].astype(str))
-        card = train_model(
-            fdir / "patches.zarr",
-            fdir / "manifest.parquet",
-            fdir / "model",
-            spec=spec,
-            training=tr,
-            seed=seed + k,
-            time_budget_s=None if minutes is None else 60.0 * float(minutes),
-        )
-        t_train = time.monotonic() - tk
-        model = load_checkpoint(fdir / "model" / card["best_checkpoint"])
-        tile = int(tr["patch_size"])
-        val = [d for d in train_items if d["stem"] in val_stems] or train_items[:1]
-        val_preds = [_predict(model, d["image"], inference, tile, factor) for d in val]
-        val_probs = [foreground_probability(p) for p in val_preds]
-        val_seeds = [seed_probability(p, target) for p in val_preds]
-        del val_preds
-        choice = choose_threshold(val_probs, [d["mask"] for d in val])
-        thr = float(choice["threshold"])
-        splitter = _splitter(cfg["instances"], pixel_size_um)
-        tuned: dict = {}
-        if tune_instances:
-            tuned = _tune_instances(splitter, val_probs, val_seeds, [d["labels"] for d in val], thr)
-        del val_probs, val_seeds
-        for d in test_items:
-            pred = _predict(model, d["image"], inference, tile, factor)
-            prob = foreground_probability(pred)
-            fg = (prob > thr).astype(np.uint8)
-            px = pixel_metrics(fg, d["mask"])
-            seed_map = seed_probability(pred, target)
-            inst = match_instances(
-                splitter(fg, prob, seed=seed_map), d["labels"], thresholds=(0.5,)
+        if card is not None:
+            log.info("fold %d/%d: reusing the trained model in %s", k + 1, folds, model_dir)
+            t_train = _training_wall_s(fdir, card)
+        else:
+            fdir.mkdir(parents=True, exist_ok=True)
+            build_training_store(
+                (
+                    {
+                        "image_id": d["stem"],
+                        "plate": "cv",
+                        "modality": "phase",
+                        "image": d["work"]["image"],
+                        "mask": d["work"]["mask"],
+                        "labels": d["work"]["labels"],
+                    }
+                    for d in train_items
+                ),
+                fdir / "patches.zarr",
+                fdir / "manifest_all.parquet",
+                patch_size=tr["patch_size"],
+                stride=tr["stride"],
+                min_foreground=tr["min_foreground"],
+                n_variants=tr["n_variants"],
+                seed=seed + k,
+                with_labels=needs_labels,
+                working_pixel_size_um=working_pixel_size_um,
             )
-            row = {
-                "fold": k,
-                "image": d["stem"],
-                "threshold": thr,
-                "dice": px["dice"],
-                "precision": px["precision"],
-                "recall": px["recall"],
-                "f1_50": inst["f1@0.5"],
-                "n_true": inst["n_true"],
-                "n_pred": inst["n_pred"],
+            apply_split(
+                fdir / "manifest_all.parquet",
+                fdir / "manifest.parquet",
+                val_fraction=tr["val_fraction"],
+                seed=seed + k,
+            )
+            card = train_model(
+                fdir / "patches.zarr",
+                fdir / "manifest.parquet",
+                model_dir,
+                spec=spec,
+                training=tr,
+                seed=seed + k,
+                time_budget_s=None if minutes is None else 60.0 * float(minutes),
+            )
+            t_train = time.monotonic() - tk
+        val_stems = _val_stems(fdir / "manifest.parquet")
+        val = [d for d in train_items if d["stem"] in val_stems] or train_items[:1]
+        tile = int(tr["patch_size"])
+
+        def predictor(paths: list, _tile: int = tile):
+            models = [load_checkpoint(p) for p in paths]
+            return lambda image: _vote_members(
+                [_predict(m, image, inference, _tile, factor) for m in models], inference["vote"]
+            )
+
+        score = {
+            "val": val,
+            "tests": test_items,
+            "target": target,
+            "splitter": _splitter(cfg["instances"], pixel_size_um),
+        }
+        best = model_dir / card["best_checkpoint"]
+        thr, tuned, fold_img = _score_predictor(predictor([best]), tune=tune_instances, **score)
+        extra: dict = {}
+        if vote:
+            ranked = select_checkpoints(
+                read_histories([model_dir]),
+                k=int(cfg["ensemble"]["top_k"]),
+                window=int(cfg["ensemble"]["stability_window"]),
+            )
+            thr_vote, tuned_vote, voted = _score_predictor(
+                predictor(list(ranked["path"])), tune=tune_instances, **score
+            )
+            for row, vrow in zip(fold_img, voted, strict=True):
+                row.update({f"{m}_vote": vrow[m] for m in metrics})
+            extra = {
+                "vote_epochs": ",".join(str(e) for e in ranked["epoch"]),
+                "threshold_vote": thr_vote,
+                **(
+                    {"instances_tuned_vote": json.dumps(tuned_vote, sort_keys=True)}
+                    if tune_instances
+                    else {}
+                ),
             }
-            if tune_instances:
-                tuned_inst = match_instances(
-                    splitter(fg, prob, tuned, seed=seed_map), d["labels"], thresholds=(0.5,)
-                )
-                row["f1_50_tuned"] = tuned_inst["f1@0.5"]
-                row["n_pred_tuned"] = tuned_inst["n_pred"]
-            rows.append(row)
+        rows.extend({"fold": k, **row} for row in fold_img)
+        if curve_every:
+            fold_curve = _learning_curve(
+                fdir, card, predictor, int(curve_every), tuned, score, fold=k
+            )
+            pd.DataFrame(fold_curve).to_csv(fdir / "curve.tsv", sep="\t", index=False)
+            curve_rows.extend(fold_curve)
         fr = pd.DataFrame([r for r in rows if r["fold"] == k])
         fold_rows.append(
             {
@@ -320,22 +497,25 @@ def run_cv(
                 "n_test": len(test_items),
                 "threshold": thr,
                 "epochs_run": card["epochs_run"],
+                "best_epoch": int(card.get("best_epoch", -1)),
                 "train_s": round(t_train, 1),
                 "wall_s": round(time.monotonic() - tk, 1),
-                **{m: float(fr[m].mean()) for m in metrics},
+                **{m: float(fr[m].mean()) for m in scored},
                 **(
                     {"instances_tuned": json.dumps(tuned, sort_keys=True)} if tune_instances else {}
                 ),
+                **extra,
             }
         )
         fr.to_csv(fdir / "per_image.tsv", sep="\t", index=False)
         log.info("fold %d/%d done: %s", k + 1, folds, fold_rows[-1])
+    if curve_rows:
+        pd.DataFrame(curve_rows).to_csv(out / "curve.tsv", sep="\t", index=False)
     per_fold = pd.DataFrame(fold_rows)
     pd.DataFrame(rows).to_csv(out / "per_image.tsv", sep="\t", index=False)
     per_fold.to_csv(out / "per_fold.tsv", sep="\t", index=False)
     summary = {
-        m: {"mean": float(per_fold[m].mean()), "sd": float(per_fold[m].std(ddof=1))}
-        for m in metrics
+        m: {"mean": float(per_fold[m].mean()), "sd": float(per_fold[m].std(ddof=1))} for m in scored
     }
     summary.update(
         folds=folds,
@@ -350,8 +530,15 @@ def run_cv(
     )
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     md = ["| metric | mean | sd |", "|---|---|---|"] + [
-        f"| {m} | {summary[m]['mean']:.3f} | {summary[m]['sd']:.3f} |" for m in metrics
+        f"| {m} | {summary[m]['mean']:.3f} | {summary[m]['sd']:.3f} |" for m in scored
     ]
+    if vote:
+        md.append(
+            "\n*_vote: the mean vote of the top "
+            f"{cfg['ensemble']['top_k']} epoch checkpoints (ensemble.top_k, ranked as the "
+            "workflow's select_checkpoints ranks them), its own threshold and watershed; the "
+            "other rows score the best checkpoint alone"
+        )
     if tune_instances:
         chosen = ", ".join(f"fold {r['fold']}: {r['instances_tuned']}" for r in fold_rows)
         md.append(
@@ -365,9 +552,7 @@ def run_cv(
 
 def summary_line(summary: dict) -> str:
     """The machine-readable last line of ``brightseg cv``."""
-    tuned = f"f1_50_tuned={summary['f1_50_tuned']['mean']:.4f} " if "f1_50_tuned" in summary else ""
-    return (
-        f"dice={summary['dice']['mean']:.4f} precision={summary['precision']['mean']:.4f} "
-        f"recall={summary['recall']['mean']:.4f} f1_50={summary['f1_50']['mean']:.4f} "
-        f"{tuned}folds={summary['folds']} minutes={summary['total_s'] / 60:.1f}"
-    )
+    keys = ["dice", "precision", "recall", "f1_50", "f1_50_tuned", "dice_vote"]
+    keys += ["f1_50_vote", "f1_50_tuned_vote"]
+    pairs = [f"{k}={summary[k]['mean']:.4f}" for k in keys if k in summary]
+    return " ".join(pairs + [f"folds={summary['folds']}", f"minutes={summary['total_s'] / 60:.1f}"])

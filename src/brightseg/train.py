@@ -21,7 +21,8 @@ configuration, data hash, versions, parameter counts, epochs run, best
 epoch).  A run that dies leaves no ``card.json``.
 
 Optimiser: Adam with ``lr(t) = lr * decay_rate ** floor(t / decay_steps)``
-(``t`` = optimiser steps), early stopping on ``val_loss``.  Metrics are
+(``t`` = optimiser steps; ``lr_schedule: cosine``: a cosine from ``lr`` to ``lr / 100`` over
+all ``epochs x steps_per_epoch`` steps, :func:`lr_schedule`), early stopping on ``val_loss``.  Metrics are
 computed at threshold 0.5 from pixel counts pooled over the whole epoch
 (micro-averaged; F1 equals the Dice coefficient of the binarised masks).
 
@@ -777,6 +778,37 @@ def _dtype_policy(policy: str):
         keras.mixed_precision.set_global_policy(old)
 
 
+def lr_schedule(
+    kind: str, lr: float, total_steps: int, decay_steps: int, decay_rate: float
+) -> keras.optimizers.schedules.LearningRateSchedule:
+    """The learning-rate schedule of a training run.
+
+    Parameters
+    ----------
+    kind : {"exponential", "cosine"}
+        ``exponential``: ``lr * decay_rate ** floor(t / decay_steps)`` (staircase; the
+        paper's).  ``cosine``: ``lr`` falling along a half cosine to ``lr / 100`` at step
+        ``total_steps`` (then constant), for a fixed budget of epochs.
+    lr : float
+        Initial learning rate.
+    total_steps : int
+        Optimiser steps of the whole run (``epochs * steps_per_epoch``).
+    decay_steps, decay_rate : int, float
+        The exponential schedule's parameters.
+
+    Returns
+    -------
+    keras.optimizers.schedules.LearningRateSchedule
+    """
+    if kind == "exponential":
+        return keras.optimizers.schedules.ExponentialDecay(
+            lr, decay_steps, decay_rate, staircase=True
+        )
+    if kind == "cosine":
+        return keras.optimizers.schedules.CosineDecay(lr, max(1, int(total_steps)), alpha=0.01)
+    raise InputError(None, f"training.lr_schedule must be exponential or cosine, got {kind!r}")
+
+
 def _working_pixel_size(store) -> dict:
     """``{"working_pixel_size_um": w}`` of a training store that records one, else ``{}``."""
     from .augment import training_store_working_pixel_size
@@ -893,6 +925,7 @@ def train_model(
         "steps_per_epoch": steps_per_epoch,
         "val_steps": val_steps,
         "mining_budget": cfg.mining_budget,
+        **({} if cfg.lr_schedule == "exponential" else {"lr_schedule": cfg.lr_schedule}),
         "input_size": input_size,
         "model_kwargs": model_kwargs or {},
         "target": target,
@@ -942,9 +975,7 @@ def train_model(
             steps,
             policy,
         )
-        schedule = keras.optimizers.schedules.ExponentialDecay(
-            lr, decay_steps, decay_rate, staircase=True
-        )
+        schedule = lr_schedule(cfg.lr_schedule, lr, epochs * steps, decay_steps, decay_rate)
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate=schedule),
             loss=get_loss(loss, **loss_kwargs),

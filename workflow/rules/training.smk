@@ -93,7 +93,7 @@ rule train:
         runtime=24 * 60,
     params:
         spec=model_spec,
-        training=CFG.training.subset(CFG.training.TRAIN_KEYS),
+        training=CFG.training.train_params(),
         seed=SEED,
         keras_home=CFG["keras_home"],
     script:
@@ -248,7 +248,8 @@ rule bundle:
         training={
             "plates": TRAINING,
             "patch_sets": [s["name"] for s in PATCH_SETS],
-            **CFG.training.subset(CFG.training.AUGMENT_KEYS + CFG.training.TRAIN_KEYS),
+            **CFG.training.subset(CFG.training.AUGMENT_KEYS),
+            **CFG.training.train_params(),
             **AUGMENT_SCALE,
         },
         seed=SEED,
