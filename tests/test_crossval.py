@@ -71,8 +71,16 @@ def test_cv_two_folds_tiny(tmp_path):
     # a learning curve of the trained folds, without training again
     ckpt = out / "fold_0" / "model" / "checkpoints" / "epoch_01.keras"
     before = ckpt.stat().st_mtime_ns
-    rc = cv(out, "--folds", "2", "--reuse-models", "--curve-every", "1", "--no-vote")
+    clean = pd.read_csv(out / "per_image.tsv", sep="\t")
+    rc = cv(
+        out, "--folds", "2", "--reuse-models", "--curve-every", "1", "--no-vote", "--test-artefacts"
+    )
     assert rc.exit_code == 0, rc.output + repr(rc.exception)
+    # the same models scored on test images with a dark frame, a scale bar and JPEG blocks
+    assert json.loads((out / "summary.json").read_text())["test_artefacts"] is True
+    marked = pd.read_csv(out / "per_image.tsv", sep="\t")
+    assert list(marked["image"]) == list(clean["image"])
+    assert (marked["dice"] != clean["dice"]).any()
     assert ckpt.stat().st_mtime_ns == before and "reusing the trained model" in rc.output
     curve = pd.read_csv(out / "curve.tsv", sep="\t")
     epochs = pd.read_csv(out / "fold_0" / "model" / "history.csv")["epoch"]

@@ -685,6 +685,11 @@ def bench_dag_cmd(n_plates, workdir):
     is_flag=True,
     help="Score the folds already trained in --out again instead of training them.",
 )
+@click.option(
+    "--test-artefacts",
+    is_flag=True,
+    help="Burn a dark frame, a scale bar and JPEG blocks into the test images (robustness).",
+)
 @_handle_errors
 def cv_cmd(
     images,
@@ -700,6 +705,7 @@ def cv_cmd(
     vote,
     curve_every,
     reuse_models,
+    test_artefacts,
 ):
     """k-fold cross-validation (grouped by image) of a training recipe on images + masks.
 
@@ -725,6 +731,7 @@ def cv_cmd(
         vote=vote,
         curve_every=curve_every,
         reuse_models=reuse_models,
+        test_artefacts=test_artefacts,
     )
     click.echo(summary_line(s))
 

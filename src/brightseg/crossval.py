@@ -30,6 +30,7 @@ import pandas as pd
 import yaml
 
 from .annotations.maskfolder import match_files, read_mask
+from .artefacts import add_artefacts
 from .config import validate_config
 from .errors import InputError
 from .illumination import correct_illumination, radius_to_px
@@ -62,7 +63,12 @@ def fold_assignment(n: int, folds: int, seed: int) -> np.ndarray:
 
 
 def _load(
-    images: Path, masks: Path, cfg: dict, pixel_size_um: float, working: float | None = None
+    images: Path,
+    masks: Path,
+    cfg: dict,
+    pixel_size_um: float,
+    working: float | None = None,
+    artefacts: bool = False,
 ) -> list[dict]:
     pairs, _ = match_files(images, masks, mask_suffix=cfg["annotations"]["mask_suffix"])
     ill = cfg["illumination"]
@@ -75,19 +81,30 @@ def _load(
         mask, labels, _ = read_mask(mpath, threshold=cfg["annotations"]["mask_threshold"])
         if mask.shape != raw.shape:
             raise InputError(mpath, f"mask shape {mask.shape} != image shape {raw.shape}")
-        corrected = correct_illumination(
-            raw,
-            radius,
-            mode=ill["mode"],
-            method=ill["method"],
-            percentiles=ill["percentiles"],
-            uncertain_mode=ill.get("uncertain_mode", "black"),
-        )
+
+        def correct(raw):
+            return correct_illumination(
+                raw,
+                radius,
+                mode=ill["mode"],
+                method=ill["method"],
+                percentiles=ill["percentiles"],
+                uncertain_mode=ill.get("uncertain_mode", "black"),
+            )
+
+        corrected = correct(raw)
         if labels is None:
             from .annotations.maskfolder import mask_to_labels
 
             labels = mask_to_labels(mask)
         item = {"stem": stem, "image": corrected, "mask": mask, "labels": labels}
+        if artefacts:
+            marked, hidden = add_artefacts(raw)
+            item["test"] = {
+                "image": correct(marked),
+                "mask": np.where(hidden, 0, mask).astype(mask.dtype),
+                "labels": np.where(hidden, 0, labels).astype(labels.dtype),
+            }
         item["work"] = pair_to_working({**item, "pixel_size_um": pixel_size_um}, working)
         out.append(item)
     if len(out) < 2:
@@ -170,7 +187,8 @@ def _score_predictor(
         tuned = _tune_instances(splitter, val_probs, val_seeds, [d["labels"] for d in val], thr)
     del val_probs, val_seeds
     rows = []
-    for d in tests:
+    for item in tests:
+        d = {**item, **item.get("test", {})}  # --test-artefacts: the test copy
         pred = predict(d["image"])
         prob = foreground_probability(pred)
         fg = (prob > thr).astype(np.uint8)
@@ -293,6 +311,7 @@ def run_cv(
     vote: bool = True,
     curve_every: int = 0,
     reuse_models: bool = False,
+    test_artefacts: bool = False,
 ) -> dict:
     """Cross-validate the recipe of ``config`` on paired image/mask folders.
 
@@ -339,6 +358,11 @@ def run_cv(
         exist (same images; e.g. to add ``curve_every`` or the vote to a finished run) and
         score its checkpoints again.  The trained model must come from the same config: the
         card's config is compared with this one's and a mismatch is an error.
+    test_artefacts : bool
+        Score the test images with acquisition artefacts burned into the raw image before
+        its correction (:func:`brightseg.artefacts.add_artefacts`: a dark frame, a scale
+        bar with its label, a JPEG round trip; the frame's cells leave the ground truth);
+        training and validation images stay as they are.
 
     Returns
     -------
@@ -374,7 +398,9 @@ def run_cv(
     if working_pixel_size_um is None:
         working_pixel_size_um = tr.get("working_pixel_size_um")
     factor = scale_factor(pixel_size_um, working_pixel_size_um)
-    data = _load(Path(images), Path(masks), cfg, pixel_size_um, working_pixel_size_um)
+    data = _load(
+        Path(images), Path(masks), cfg, pixel_size_um, working_pixel_size_um, test_artefacts
+    )
     fold_of = fold_assignment(len(data), folds, seed)
     if only is not None and not 0 <= only < folds:
         raise InputError(None, f"--fold must be in [0, {folds - 1}], got {only}")
@@ -525,6 +551,7 @@ def run_cv(
         minutes_budget=minutes,
         pixel_size_um=pixel_size_um,
         working_pixel_size_um=working_pixel_size_um,
+        test_artefacts=test_artefacts,
         config=str(cpath),
         per_fold=fold_rows,
     )
