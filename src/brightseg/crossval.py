@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,14 @@ def _load(
 ) -> list[dict]:
     pairs, _ = match_files(images, masks, mask_suffix=cfg["annotations"]["mask_suffix"])
     ill = cfg["illumination"]
-    radius = radius_to_px(ill["radius"], ill["unit"], pixel_size_um)
+    correct = partial(
+        correct_illumination,
+        radius_px=radius_to_px(ill["radius"], ill["unit"], pixel_size_um),
+        mode=ill["mode"],
+        method=ill["method"],
+        percentiles=ill["percentiles"],
+        uncertain_mode=ill.get("uncertain_mode", "black"),
+    )
     out = []
     for stem, ipath, mpath in pairs:
         raw = read_image(ipath)
@@ -81,17 +89,6 @@ def _load(
         mask, labels, _ = read_mask(mpath, threshold=cfg["annotations"]["mask_threshold"])
         if mask.shape != raw.shape:
             raise InputError(mpath, f"mask shape {mask.shape} != image shape {raw.shape}")
-
-        def correct(raw):
-            return correct_illumination(
-                raw,
-                radius,
-                mode=ill["mode"],
-                method=ill["method"],
-                percentiles=ill["percentiles"],
-                uncertain_mode=ill.get("uncertain_mode", "black"),
-            )
-
         corrected = correct(raw)
         if labels is None:
             from .annotations.maskfolder import mask_to_labels
@@ -161,12 +158,12 @@ def _tune_instances(split, probs: list, seeds: list, labels: list, threshold: fl
 def _vote_members(preds: list[np.ndarray], vote: str) -> np.ndarray:
     """One prediction from the members' maps: their mean, or for ``majority`` (sigmoid maps)
     the share of members above 0.5 (the workflow's two votes)."""
+    from .tiling import vote_map
+
     if len(preds) == 1:
         return preds[0]
     stack = np.stack(preds)
-    if vote == "majority" and stack.ndim == 3:
-        return (stack > 0.5).mean(axis=0, dtype=np.float32)
-    return stack.mean(axis=0, dtype=np.float32)
+    return vote_map(stack, vote if stack.ndim == 3 else "mean")
 
 
 def _score_predictor(
@@ -251,11 +248,16 @@ def _reused_card(fdir: Path, train_stems: set[str], expect: dict) -> dict | None
     return card
 
 
-def _training_wall_s(fdir: Path, card: dict) -> float:
-    """Seconds from the split (written just before training) to the last checkpoint."""
-    last = fdir / "model" / "checkpoints" / f"epoch_{int(card['epochs_run']):02d}.keras"
+def _checkpoint(fdir: Path, epoch: int) -> Path:
+    """A fold's epoch checkpoint (the path :func:`brightseg.selection.read_histories` gives)."""
+    return fdir / "model" / "checkpoints" / f"epoch_{int(epoch):02d}.keras"
+
+
+def _seconds_to(fdir: Path, ckpt: Path) -> float:
+    """Seconds of training to a checkpoint: from the split (written just before training)
+    to the checkpoint's file time; NaN when it is missing."""
     start = (fdir / "manifest.parquet").stat().st_mtime
-    return last.stat().st_mtime - start if last.is_file() else float("nan")
+    return ckpt.stat().st_mtime - start if ckpt.is_file() else float("nan")
 
 
 def _learning_curve(
@@ -265,10 +267,9 @@ def _learning_curve(
     history = pd.read_csv(fdir / "model" / "history.csv").set_index("epoch")
     last = int(card["epochs_run"])
     epochs = sorted({*range(every, last + 1, every), int(card.get("best_epoch", last)), last})
-    start = (fdir / "manifest.parquet").stat().st_mtime
     out = []
     for i, epoch in enumerate(epochs):
-        ckpt = fdir / "model" / "checkpoints" / f"epoch_{epoch:02d}.keras"
+        ckpt = _checkpoint(fdir, epoch)
         if not ckpt.is_file():
             continue
         thr, _, rows = _score_predictor(predictor([ckpt]), tune=False, fixed=tuned, **score)
@@ -276,7 +277,7 @@ def _learning_curve(
         row = {
             "fold": fold,
             "epoch": epoch,
-            "train_s": round(ckpt.stat().st_mtime - start, 1),
+            "train_s": round(_seconds_to(fdir, ckpt), 1),
             "val_loss": float(history.loc[epoch, "val_loss"]),
             "val_f1": float(history.loc[epoch, "val_f1"]),
             "threshold": thr,
@@ -429,7 +430,7 @@ def run_cv(
         )
         if card is not None:
             log.info("fold %d/%d: reusing the trained model in %s", k + 1, folds, model_dir)
-            t_train = _training_wall_s(fdir, card)
+            t_train = _seconds_to(fdir, _checkpoint(fdir, card["epochs_run"]))
         else:
             fdir.mkdir(parents=True, exist_ok=True)
             build_training_store(

@@ -126,6 +126,7 @@ from .tiling import (
     blend_window,
     to_uint8,
     tta_transforms,
+    vote_map,
 )
 
 log = logging.getLogger(__name__)
@@ -1100,8 +1101,7 @@ def validation_threshold(ensemble: Ensemble, images, masks, *, fixed: float | No
     votes = []
     for image in progress(images, total=len(images), desc="choose_threshold"):
         probs, prob, _ = ensemble.predict(np.asarray(image, np.float32))
-        majority = ensemble.inference.vote == "majority"
-        votes.append((probs > 0.5).mean(axis=0, dtype=np.float32) if majority else prob)
+        votes.append(vote_map(probs, ensemble.inference.vote, prob))
     best = choose_threshold(votes, list(masks))
     out = {**best, "chosen_on": "validation"}
     if fixed is not None:

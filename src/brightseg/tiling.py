@@ -170,16 +170,23 @@ def vote(
     return _vote(probs, method, threshold)
 
 
+def vote_map(probs: np.ndarray, method: str, prob: np.ndarray | None = None) -> np.ndarray:
+    """The map a vote thresholds: the mean probability (``"mean"``) or the share of models
+    above 0.5 (``"majority"``), float32 of shape ``probs.shape[1:]``.
+
+    ``prob``: the mean probability when the caller already has it (``"mean"`` returns it).
+    """
+    if method == "majority":
+        return (np.asarray(probs) > 0.5).mean(axis=0, dtype=np.float32)
+    return np.asarray(probs).mean(axis=0, dtype=np.float32) if prob is None else prob
+
+
 def _vote(probs: np.ndarray, method: str, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     probs = np.asarray(probs, dtype=np.float32)
     if probs.ndim < 1 or probs.shape[0] == 0:
         raise ValueError(f"probs must have shape (M, ...) with M >= 1, got {probs.shape}")
     prob = probs.mean(axis=0, dtype=np.float32)
-    if method == "mean":
-        mask = prob > threshold
-    else:
-        mask = (probs > 0.5).mean(axis=0, dtype=np.float32) > threshold
-    return prob, mask.astype(np.uint8)
+    return prob, (vote_map(probs, method, prob) > threshold).astype(np.uint8)
 
 
 def to_uint8(prob: np.ndarray) -> np.ndarray:
