@@ -35,7 +35,7 @@ from .artefacts import add_artefacts
 from .config import validate_config
 from .errors import InputError
 from .illumination import correct_illumination, radius_to_px
-from .io import read_image
+from .io import read_image, write_text
 from .metrics import choose_threshold, match_instances, pixel_metrics
 from .scale import pair_to_working, scale_factor
 from .selection import read_histories, select_checkpoints
@@ -246,6 +246,11 @@ def _reused_card(fdir: Path, train_stems: set[str], expect: dict) -> dict | None
                 f"--reuse-models: trained with {key} = {have!r}, this config gives {want!r}",
             )
     return card
+
+
+def _write_tsv(frame: pd.DataFrame, path: Path) -> None:
+    """A table written atomically (a killed run leaves no half-written file)."""
+    write_text(frame.to_csv(sep="\t", index=False), path)
 
 
 def _checkpoint(fdir: Path, epoch: int) -> Path:
@@ -515,7 +520,7 @@ def run_cv(
             fold_curve = _learning_curve(
                 fdir, card, predictor, int(curve_every), tuned, score, fold=k
             )
-            pd.DataFrame(fold_curve).to_csv(fdir / "curve.tsv", sep="\t", index=False)
+            _write_tsv(pd.DataFrame(fold_curve), fdir / "curve.tsv")
             curve_rows.extend(fold_curve)
         fr = pd.DataFrame([r for r in rows if r["fold"] == k])
         fold_rows.append(
@@ -534,13 +539,13 @@ def run_cv(
                 **extra,
             }
         )
-        fr.to_csv(fdir / "per_image.tsv", sep="\t", index=False)
+        _write_tsv(fr, fdir / "per_image.tsv")
         log.info("fold %d/%d done: %s", k + 1, folds, fold_rows[-1])
     if curve_rows:
-        pd.DataFrame(curve_rows).to_csv(out / "curve.tsv", sep="\t", index=False)
+        _write_tsv(pd.DataFrame(curve_rows), out / "curve.tsv")
     per_fold = pd.DataFrame(fold_rows)
-    pd.DataFrame(rows).to_csv(out / "per_image.tsv", sep="\t", index=False)
-    per_fold.to_csv(out / "per_fold.tsv", sep="\t", index=False)
+    _write_tsv(pd.DataFrame(rows), out / "per_image.tsv")
+    _write_tsv(per_fold, out / "per_fold.tsv")
     summary = {
         m: {"mean": float(per_fold[m].mean()), "sd": float(per_fold[m].std(ddof=1))} for m in scored
     }
@@ -556,7 +561,7 @@ def run_cv(
         config=str(cpath),
         per_fold=fold_rows,
     )
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(json.dumps(summary, indent=2) + "\n", out / "summary.json")
     md = ["| metric | mean | sd |", "|---|---|---|"] + [
         f"| {m} | {summary[m]['mean']:.3f} | {summary[m]['sd']:.3f} |" for m in scored
     ]
@@ -574,7 +579,7 @@ def run_cv(
             f"fold's validation images ({chosen}); copy them into the config's `instances:`"
         )
     md.append(f"\n{folds} folds, {len(data)} images, total {summary['total_s']:.0f} s")
-    (out / "summary.md").write_text("\n".join(md) + "\n")
+    write_text("\n".join(md) + "\n", out / "summary.md")
     return summary
 
 
